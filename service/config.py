@@ -1,0 +1,288 @@
+"""Settings: one frozen object built from flags and PROCESS_STATUS_* env vars.
+
+Every flag `--some-flag` has the env var `PROCESS_STATUS_SOME_FLAG`; a flag given
+on the command line wins over the env var, which wins over the default. Values
+are validated once, here; a bad one is a `ConfigError` whose message names the
+flag, the env var and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.persistence import Durability
+
+ENV_PREFIX = "PROCESS_STATUS_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bind: Address = Address("127.0.0.1", 8080)
+    metrics_bind: Address | None = Address("127.0.0.1", 9464)
+    data_dir: str = "./data"
+    durability: Durability = Durability.FSYNC
+    fsync_interval: float = 1.0
+    snapshot_interval: float = 10.0
+    journal_max_bytes: int = 64 * 1024 * 1024
+    write_tokens: tuple[str, ...] = ()
+    read_tokens: tuple[str, ...] = ()
+    allow_anonymous_writes: bool = False
+    allow_reset: bool = False
+    max_entities: int = 1_000_000
+    max_batch: int = 10_000
+    max_body_bytes: int = 4 * 1024 * 1024
+    entity_metrics_limit: int = 1000
+    max_wait: float = 30.0
+    gate_wait: float = 0.1
+    retry_after: int = 1
+    token_header: str = "X-Event-Streamex-Entity-Timestamp"
+    gate_status: int = 425
+    keep_alive: float = 75.0
+    shutdown_timeout: float = 5.0
+    log_level: str = "info"
+    access_log: bool = False
+
+    @property
+    def graceful_timeout(self) -> float:
+        """What gunicorn must allow the worker after SIGTERM before it SIGKILLs it.
+
+        aiohttp waits shutdown_timeout for handlers, cancels them and waits again,
+        then our cleanup writes the final snapshot (a million entities take about
+        a second here; the margin covers slow disks).
+        """
+        return 2 * self.shutdown_timeout + 1 + 30
+
+
+# -- parsers: each takes the raw string and returns the typed value or raises ValueError
+
+
+def _address(text: str) -> Address:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not a number from 0 to 65535")
+    return Address(host, int(port))
+
+
+def _optional_address(text: str) -> Address | None:
+    return None if text.lower() in ("off", "none", "") else _address(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a number of seconds >= 0")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text.lower()
+
+    return parse
+
+
+def _gate_status(text: str) -> int:
+    if text not in ("425", "503"):
+        raise ValueError("must be 425 (Too Early) or 503 (for clients that cannot handle 425)")
+    return int(text)
+
+
+def _header_name(text: str) -> str:
+    if not text or any(not (c.isalnum() or c in "-_") for c in text):
+        raise ValueError("must be an HTTP header name of letters, digits, '-' and '_'")
+    return text
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+    is_switch: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+OPTIONS = (
+    Option("--bind", _address, "API address HOST:PORT", "HOST:PORT"),
+    Option("--metrics-bind", _optional_address, "Prometheus /metrics address, or 'off'",
+           "HOST:PORT"),
+    Option("--data-dir", str, "directory for the snapshot and journal", "DIR"),
+    Option("--durability", _choice(*Durability), "fsync | batch | snapshot (see README)", "MODE"),
+    Option("--fsync-interval", _positive_float, "batch mode: seconds between journal fsyncs",
+           "SECONDS"),
+    Option("--snapshot-interval", _positive_float, "seconds between snapshots (when changed)",
+           "SECONDS"),
+    Option("--journal-max-bytes", _positive_int, "snapshot early once the journal passes this",
+           "BYTES"),
+    Option("--write-tokens-file", str, "file with one write token per line", "FILE"),
+    Option("--read-tokens-file", str, "file with one read token per line (makes reads need a "
+           "token)", "FILE"),
+    Option("--allow-anonymous-writes", _bool, "allow writes without a token on a non-loopback "
+           "address", is_switch=True),
+    Option("--allow-reset", _bool, "enable DELETE /status (wipes everything; for tests)",
+           is_switch=True),
+    Option("--max-entities", _positive_int, "entities the store may hold", "N"),
+    Option("--max-batch", _positive_int, "entries one POST /status may carry", "N"),
+    Option("--max-body-bytes", _positive_int, "largest request body accepted", "BYTES"),
+    Option("--entity-metrics-limit", _non_negative_int, "entities exported as per-entity "
+           "metrics", "N"),
+    Option("--max-wait", _non_negative_float, "longest ?wait= a client may ask for", "SECONDS"),
+    Option("--gate-wait", _non_negative_float, "how long the gate waits before answering 425",
+           "SECONDS"),
+    Option("--retry-after", _non_negative_int, "Retry-After seconds on a gate 425", "SECONDS"),
+    Option("--token-header", _header_name, "header carrying entity/ts tokens", "NAME"),
+    Option("--gate-status", _gate_status, "status when not processed: 425 or 503", "STATUS"),
+    Option("--keep-alive", _positive_float, "idle keep-alive seconds (raise behind a pooling "
+           "proxy)", "SECONDS"),
+    Option("--shutdown-timeout", _positive_float, "seconds in-flight requests get on SIGTERM",
+           "SECONDS"),
+    Option("--log-level", _choice(*LOG_LEVELS), "debug | info | warning | error", "LEVEL"),
+    Option("--access-log", _bool, "log every request (costs over half the throughput)",
+           is_switch=True),
+)
+
+_DEFAULTS = Settings()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        default = getattr(_DEFAULTS, option.dest, None)
+        shown = "off" if default in (None, False, ()) else default
+        help_text = f"{option.help} [env {option.env}; default {shown}]"
+        if option.is_switch:
+            parser.add_argument(option.flag, action="store_const", const="true", default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(option.flag, metavar=option.metavar, default=None, help=help_text)
+
+
+def from_sources(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Build Settings from parsed flags (None = not given) and the environment."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(args, option.dest, None)
+        source = option.flag
+        if raw is None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        if raw is None:
+            continue
+        try:
+            values[option.dest] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}={raw!r} is invalid: {exc} (flag {option.flag}, env {option.env})"
+            ) from None
+    write_file = values.pop("write_tokens_file", None)
+    read_file = values.pop("read_tokens_file", None)
+    values["write_tokens"] = _tokens(environ, "WRITE_TOKENS", write_file, "--write-tokens-file")
+    values["read_tokens"] = _tokens(environ, "READ_TOKENS", read_file, "--read-tokens-file")
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _tokens(
+    environ: Mapping[str, str], name: str, path: str | None, flag: str
+) -> tuple[str, ...]:
+    """Tokens from the comma-separated env var and the file (one per line, # comments)."""
+    tokens = [token.strip() for token in environ.get(ENV_PREFIX + name, "").split(",")]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                tokens += [line.strip() for line in handle]
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path!r} cannot be read: {exc.strerror}") from None
+    found = tuple(token for token in tokens if token and not token.startswith("#"))
+    for token in found:
+        if len(token) < 16 or any(c.isspace() or c == "," for c in token):
+            raise ConfigError(
+                f"a token from {ENV_PREFIX + name} or {flag} is too weak or malformed: use at "
+                "least 16 characters with no spaces or commas,"
+                " e.g. the output of `openssl rand -hex 32`"
+            )
+    return found
+
+
+def _check(settings: Settings) -> None:
+    if not settings.bind.is_loopback and not settings.write_tokens and \
+            not settings.allow_anonymous_writes:
+        raise ConfigError(
+            f"refusing to serve writes without a token on non-loopback address {settings.bind}: "
+            f"set {ENV_PREFIX}WRITE_TOKENS (comma-separated) or --write-tokens-file, bind "
+            "127.0.0.1, or pass --allow-anonymous-writes if the network is trusted"
+        )
+    if settings.metrics_bind is not None and settings.metrics_bind == settings.bind and \
+            settings.bind.port != 0:
+        raise ConfigError("--metrics-bind must differ from --bind: metrics have their own port")
+    if settings.token_header.lower() in ("authorization", "x-process-status-token"):
+        raise ConfigError("--token-header must not be Authorization or X-Process-Status-Token")

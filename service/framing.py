@@ -1,0 +1,72 @@
+"""Checksummed frames: the unit both snapshot and journal files are made of.
+
+On disk a frame is::
+
+    offset  size  field
+    0       4     payload length N, unsigned little-endian, 1 <= N <= MAX_FRAME
+    4       4     CRC-32 (zlib) of the payload, unsigned little-endian
+    8       N     payload (one orjson document)
+
+A file is frames back to back with nothing between them. A reader walks the
+frames and stops at the first damaged one, telling a *torn tail* (the bytes run
+out mid-frame, or only zeros follow, or the very last frame fails its checksum:
+what a crash during an append leaves) from *corruption* (a bad frame with more
+data after it: the disk or someone else damaged the file).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+HEADER = struct.Struct("<II")
+MAX_FRAME = 256 * 1024 * 1024
+
+
+def encode(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    offset: int
+    reason: str
+    torn: bool
+    """True when the damage is a torn tail that recovery may truncate."""
+
+
+def decode(buffer: bytes | memoryview) -> tuple[list[tuple[int, bytes]], Damage | None]:
+    """All intact frames as (offset, payload), and the damage that stopped the walk."""
+    frames: list[tuple[int, bytes]] = []
+    for item in iter_frames(buffer):
+        if isinstance(item, Damage):
+            return frames, item
+        frames.append(item)
+    return frames, None
+
+
+def iter_frames(buffer: bytes | memoryview) -> Iterator[tuple[int, bytes] | Damage]:
+    view = memoryview(buffer)
+    end = len(view)
+    offset = 0
+    while offset < end:
+        if end - offset < HEADER.size:
+            yield Damage(offset, f"{end - offset} stray bytes, shorter than a frame header", True)
+            return
+        length, crc = HEADER.unpack_from(view, offset)
+        body_end = offset + HEADER.size + length
+        if length == 0 or length > MAX_FRAME:
+            torn = not any(view[offset:end])
+            yield Damage(offset, f"invalid frame length {length}", torn)
+            return
+        if body_end > end:
+            yield Damage(offset, f"frame of {length} bytes cut off by the end of the file", True)
+            return
+        payload = bytes(view[offset + HEADER.size : body_end])
+        if zlib.crc32(payload) != crc:
+            yield Damage(offset, "checksum mismatch", body_end == end)
+            return
+        yield offset, payload
+        offset = body_end

@@ -1,0 +1,233 @@
+"""The status API views: parse the request, ask the store or persistence, answer.
+
+Views are bound methods of `StatusViews`, which holds its collaborators, so the
+hot path does no per-request lookups of app state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.config import Settings
+from service.metrics import Metrics
+from service.persistence import Persistence, WriteFailed
+from service.problems import Problem
+from service.store import CapacityError, Delete, Outcome, Record, Reset, StatusStore
+from service.timefmt import rfc3339
+from service.tokens import TokenError, check_entity, format_token, parse_timestamp
+from service.waiters import Waiters
+
+TOKEN_HEADER = "X-Event-Streamex-Entity-Timestamp"
+_JSON = {"Content-Type": "application/json"}
+_MAX_LIST = 10_000
+_DEFAULT_LIST = 1000
+
+
+def json_response(data: Any, status: int = 200, token: str | None = None) -> web.Response:
+    headers = _JSON if token is None else {**_JSON, TOKEN_HEADER: token}
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers)
+
+
+class StatusViews:
+    def __init__(
+        self,
+        settings: Settings,
+        store: StatusStore,
+        persistence: Persistence,
+        waiters: Waiters,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.persistence = persistence
+        self.waiters = waiters
+        self._processed = metrics.check("processed", "api")
+        self._not_processed = metrics.check("not_processed", "api")
+        self._timeout = metrics.check("timeout", "api")
+        self._wait_duration = metrics.wait_duration
+
+    async def put_status(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) != {"timestamp"}:
+            raise Problem(400, "invalid-body",
+                          'expected a JSON object with exactly one member: {"timestamp": <ts>}')
+        timestamp = _timestamp(body["timestamp"], "timestamp")
+        outcomes = await self._record({entity: timestamp})
+        outcome = outcomes[entity]
+        return json_response(
+            {"entity": entity, "timestamp": outcome.timestamp, "advanced": outcome.advanced},
+            token=format_token(entity, outcome.timestamp),
+        )
+
+    async def post_batch(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not body:
+            raise Problem(400, "invalid-body",
+                          'expected a non-empty JSON object of entity -> timestamp, e.g. '
+                          '{"posts": 1422057007123000, "comments": 1422057007124000}')
+        if len(body) > self.settings.max_batch:
+            raise Problem(413, "batch-too-large",
+                          f"the batch has {len(body)} entries; the limit is "
+                          f"{self.settings.max_batch} (--max-batch): split it into smaller batches",
+                          limit=self.settings.max_batch)
+        updates: dict[str, int] = {}
+        for name, value in body.items():
+            try:
+                updates[check_entity(name)] = parse_timestamp(value)
+            except TokenError as exc:
+                raise Problem(400, "invalid-batch-entry",
+                              f"entry {name[:80]!r}: {exc}; nothing was applied",
+                              entity=name[:255]) from None
+        outcomes = await self._record(updates)
+        return json_response({"results": {
+            name: {"timestamp": outcome.timestamp, "advanced": outcome.advanced}
+            for name, outcome in outcomes.items()
+        }})
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        entry = self.store.get(entity)
+        if entry is None:
+            raise _unknown(entity)
+        return json_response(
+            {"entity": entity, "timestamp": entry[0], "updated_at": rfc3339(entry[1])},
+            token=format_token(entity, entry[0]),
+        )
+
+    async def processed(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        query = request.query
+        raw = query.get("ts")
+        if raw is None:
+            raise Problem(400, "missing-timestamp",
+                          "add the timestamp to check as ?ts=<integer or RFC 3339 date-time>")
+        timestamp = _timestamp(_plus_in_query(raw), "ts")
+        done, last = self.store.processed(entity, timestamp)
+        if not done and "wait" in query:
+            wait = self._wait_seconds(query["wait"])
+            if wait > 0:
+                done, last = await self._wait(entity, timestamp, wait)
+                if not done:
+                    self._timeout.inc()
+        if done:
+            self._processed.inc()
+        else:
+            self._not_processed.inc()
+        return json_response({"entity": entity, "timestamp": timestamp, "processed": done,
+                              "last_processed": last})
+
+    async def list_status(self, request: web.Request) -> web.Response:
+        query = request.query
+        prefix = query.get("prefix", "")
+        after = query.get("after", "")
+        limit_text = query.get("limit", str(_DEFAULT_LIST))
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= _MAX_LIST:
+            raise Problem(400, "invalid-limit",
+                          f"limit must be a whole number from 1 to {_MAX_LIST}, got "
+                          f"{limit_text[:40]!r}")
+        if len(prefix) > 255 or len(after) > 255:
+            raise Problem(400, "invalid-query", "prefix and after are at most 255 characters")
+        page, more = self.store.page(prefix, after, int(limit_text))
+        return json_response({
+            "entities": [
+                {"entity": name, "timestamp": entry[0], "updated_at": rfc3339(entry[1])}
+                for name, entry in page
+            ],
+            "next": page[-1][0] if more else None,
+        })
+
+    async def delete_status(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        if self.store.get(entity) is None:
+            raise _unknown(entity)
+        existed = await self._submit(Delete(entity))
+        if not existed:
+            raise _unknown(entity)
+        return web.Response(status=204)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        if not self.settings.allow_reset:
+            raise Problem(403, "reset-disabled",
+                          "DELETE /status wipes every entity and is disabled; start the service "
+                          "with --allow-reset (meant for test environments) to enable it")
+        await self._submit(Reset())
+        return web.Response(status=204)
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def _record(self, updates: dict[str, int]) -> dict[str, Outcome]:
+        result = await self._submit(Record(updates), names=list(updates))
+        assert isinstance(result, dict)
+        return result
+
+    async def _submit(self, mutation: Record | Delete | Reset,
+                      names: list[str] | None = None) -> dict[str, Outcome] | bool:
+        try:
+            reserved = self.store.reserve(names) if names else 0
+        except CapacityError as exc:
+            raise Problem(507, "entity-limit-reached", str(exc),
+                          limit=self.store.max_entities) from None
+        try:
+            return await self.persistence.submit(mutation)
+        except WriteFailed as exc:
+            raise Problem(503, "write-not-durable", str(exc)) from None
+        finally:
+            self.store.release(reserved)
+
+    def _wait_seconds(self, text: str) -> float:
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= self.settings.max_wait:
+            raise Problem(400, "invalid-wait",
+                          f"wait must be a number of seconds from 0 to {self.settings.max_wait:g} "
+                          f"(--max-wait), got {text[:40]!r}")
+        return wait
+
+    async def _wait(self, entity: str, timestamp: int, wait: float) -> tuple[bool, int | None]:
+        started = time.monotonic()
+        await self.waiters.wait(entity, timestamp, wait)
+        self._wait_duration.observe(time.monotonic() - started)
+        return self.store.processed(entity, timestamp)
+
+
+def _entity(request: web.Request) -> str:
+    try:
+        return check_entity(request.match_info["entity"])
+    except TokenError as exc:
+        raise Problem(400, "invalid-entity", str(exc)) from None
+
+
+def _timestamp(value: object, field: str) -> int:
+    try:
+        return parse_timestamp(value)
+    except TokenError as exc:
+        raise Problem(400, "invalid-timestamp", f"{field}: {exc}") from None
+
+
+def _plus_in_query(value: str) -> str:
+    # An unencoded "+01:00" offset arrives as " 01:00" (form decoding): restore it.
+    if len(value) > 6 and value[-6] == " " and value[-3] == ":":
+        return value[:-6] + "+" + value[-5:]
+    return value
+
+
+def _unknown(entity: str) -> Problem:
+    return Problem(404, "unknown-entity",
+                   f"no timestamp has been recorded for entity {entity!r}", entity=entity)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise Problem(400, "invalid-body", "the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None

@@ -1,0 +1,158 @@
+"""The write-ahead journal: numbered segment files of checksummed records.
+
+Segments are `journal-<seq>.log` (seq: 10 zero-padded digits, consecutive). Each
+is a run of frames (see `framing`); each frame's payload is one orjson array:
+
+    [lsn, time, "r", {"entity": ts, ...}]   record timestamps (PUT or batch POST)
+    [lsn, time, "d", "entity"]              delete one entity
+    [lsn, time, "x", null]                  reset (delete everything)
+    [0,   time, "abandon", {"segment": seq, "valid_bytes": n}]
+
+`lsn` (log sequence number) increases by one per record across segments; `time`
+is the wall-clock second the write was accepted (it becomes `updated_at` on
+replay). A write or fsync that fails leaves the segment in an unknown state (after
+a failed fsync Linux may already have dropped the dirty pages, and a retried fsync
+can falsely succeed), so the journal never touches that segment again: the next
+write opens a fresh segment whose first frame is an `abandon` marker saying how
+many bytes of the old one were durably synced. Replay reads no further than that,
+so a write that was answered with an error never comes back after a restart.
+
+Every method here blocks: callers run them on one dedicated I/O thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from service import framing
+from service.files import Files, WritableFile
+
+_SEGMENT = re.compile(r"journal-(\d{10})\.log")
+
+
+def segment_name(seq: int) -> str:
+    return f"journal-{seq:010d}.log"
+
+
+def list_segments(files: Files, data_dir: str) -> list[int]:
+    """Sequence numbers of the journal segments in `data_dir`, ascending."""
+    found = (_SEGMENT.fullmatch(name) for name in files.listdir(data_dir))
+    return sorted(int(match.group(1)) for match in found if match)
+
+
+@dataclass
+class Segment:
+    seq: int
+    size: int = 0
+    max_lsn: int = 0
+
+
+@dataclass
+class Journal:
+    files: Files
+    data_dir: str
+    next_seq: int
+    retained: list[Segment] = field(default_factory=list)
+    """Segments on disk that a snapshot does not yet cover, oldest first."""
+    failed: bool = False
+    _current: Segment | None = None
+    _handle: WritableFile | None = None
+    _synced_size: int = 0
+    _abandoned: list[Segment] = field(default_factory=list)
+    """Failed segments whose abandon markers are not yet durably written."""
+
+    @property
+    def size(self) -> int:
+        return sum(segment.size for segment in self.retained)
+
+    def path(self, seq: int) -> str:
+        return os.path.join(self.data_dir, segment_name(seq))
+
+    def write(self, data: bytes, max_lsn: int) -> None:
+        """Append encoded frames to the current segment (opening one if needed)."""
+        if self._handle is None or self.failed:
+            self._open_fresh()
+        assert self._handle is not None
+        assert self._current is not None
+        try:
+            self._handle.write(data)
+        except BaseException:
+            self._fail()
+            raise
+        self._current.size += len(data)
+        self._current.max_lsn = max(self._current.max_lsn, max_lsn)
+
+    def sync(self) -> None:
+        if self._handle is None or self._current is None:
+            return
+        try:
+            self._handle.sync()
+        except BaseException:
+            self._fail()
+            raise
+        self._synced_size = self._current.size
+        self._abandoned.clear()  # their markers are durable now
+
+    def rotate(self) -> None:
+        """Sync and close the current segment; the next write starts a new one."""
+        if self._handle is not None and not self.failed:
+            self.sync()
+            self._close()
+
+    def drop_covered(self, lsn: int) -> list[str]:
+        """Delete closed segments whose every record is covered by a snapshot at `lsn`."""
+        removed: list[str] = []
+        while self.retained and self.retained[0] is not self._current:
+            oldest = self.retained[0]
+            if oldest.max_lsn > lsn or oldest in self._abandoned:
+                break
+            self.files.remove(self.path(oldest.seq))
+            self.retained.pop(0)
+            removed.append(segment_name(oldest.seq))
+        if removed:
+            self.files.sync_dir(self.data_dir)
+        return removed
+
+    def close(self) -> None:
+        if self._handle is not None and not self.failed:
+            self.sync()
+        self._close()
+
+    def _close(self) -> None:
+        handle, self._handle, self._current = self._handle, None, None
+        if handle is not None:
+            handle.close()
+
+    def _fail(self) -> None:
+        self.failed = True
+        if self._current is not None:
+            self._current.size = self._synced_size
+            if self._current not in self._abandoned:
+                self._abandoned.append(self._current)
+
+    def _open_fresh(self) -> None:
+        if self._handle is not None:
+            try:
+                self._close()
+            except OSError:
+                self._handle = self._current = None  # abandoned either way; the fd is gone
+        handle = self.files.create(self.path(self.next_seq))
+        segment = Segment(self.next_seq)
+        self.next_seq += 1
+        self.retained.append(segment)
+        self._handle, self._current, self._synced_size = handle, segment, 0
+        self.failed = False
+        markers = b"".join(
+            framing.encode(orjson.dumps(
+                [0, time.time(), "abandon", {"segment": old.seq, "valid_bytes": old.size}]
+            ))
+            for old in self._abandoned
+        )
+        if markers:
+            self.write(markers, 0)
+        self.files.sync_dir(self.data_dir)

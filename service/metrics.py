@@ -1,0 +1,137 @@
+"""Prometheus metrics: the objects, the per-entity collector, and the metrics site.
+
+The registry is passed in (tests make a fresh one each); nothing here touches the
+global default registry. Hot-path counters are bound to their label values once
+(`Counter.labels` takes a lock and hashes a tuple on every call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from service.store import StatusStore
+
+# `*_created` series double the scrape and nobody here graphs them.
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, store: StatusStore, entity_limit: int):
+        self.registry = registry
+        self.requests = Counter(
+            "process_status_http_requests", "HTTP requests answered, by route template.",
+            ["method", "route", "status"], registry=registry,
+        )
+        self.request_duration = Histogram(
+            "process_status_http_request_duration_seconds",
+            "Time from routing a request to its response, by route template.",
+            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        entities = Gauge("process_status_entities", "Entities in the store.", registry=registry)
+        entities.set_function(lambda: len(store))
+        updates = Counter(
+            "process_status_updates",
+            "Per-entity timestamp updates applied: advanced the stored value, or stale "
+            "(older or equal, left unchanged).",
+            ["result"], registry=registry,
+        )
+        self.updates_advanced = updates.labels("advanced")
+        self.updates_stale = updates.labels("stale")
+        self.checks = Counter(
+            "process_status_checks",
+            "processed? decisions, by result and by who asked (the API or the gate).",
+            ["result", "source"], registry=registry,
+        )
+        self.snapshot_last_success = Gauge(
+            "process_status_snapshot_last_success_timestamp_seconds",
+            "Unix time of the last snapshot written successfully.", registry=registry,
+        )
+        self.snapshot_duration = Histogram(
+            "process_status_snapshot_duration_seconds",
+            "Time to capture and durably write a snapshot.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=registry,
+        )
+        self.snapshot_failures = Counter(
+            "process_status_snapshot_failures", "Snapshots that failed to be written.",
+            registry=registry,
+        )
+        self.journal_fsync_duration = Histogram(
+            "process_status_journal_fsync_duration_seconds",
+            "Time to write and fsync one journal batch (group commit).",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=registry,
+        )
+        self.journal_batch_size = Histogram(
+            "process_status_journal_batch_size", "Writes made durable by one fsync.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=registry,
+        )
+        self.journal_bytes = Gauge(
+            "process_status_journal_bytes",
+            "Bytes in journal segments not yet covered by a snapshot.", registry=registry,
+        )
+        self.journal_failures = Counter(
+            "process_status_journal_failures",
+            "Journal writes or fsyncs that failed (the affected writes were rejected).",
+            registry=registry,
+        )
+        self.waiters = Gauge(
+            "process_status_waiters", "Requests waiting for an entity to advance.",
+            registry=registry,
+        )
+        self.wait_duration = Histogram(
+            "process_status_wait_duration_seconds",
+            "How long waiting requests (long-poll and gate) were held.",
+            buckets=_WAIT_BUCKETS, registry=registry,
+        )
+        registry.register(EntityCollector(store, entity_limit))
+
+    def check(self, result: str, source: str) -> Counter:
+        return self.checks.labels(result, source)
+
+
+class EntityCollector(Collector):
+    """`process_status_entity_last_processed_timestamp{entity}` for the first N entities.
+
+    Computed at scrape time from the store, capped so a million entities cannot
+    blow up a scrape or the time series database behind it.
+    """
+
+    def __init__(self, store: StatusStore, limit: int) -> None:
+        self._store = store
+        self._limit = limit
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "process_status_entity_last_processed_timestamp",
+            "Last processed timestamp per entity (as recorded, usually microseconds), for the "
+            "first --entity-metrics-limit entities by name.",
+            labels=["entity"],
+        )
+        if self._limit:
+            page, _ = self._store.page("", "", self._limit)
+            for name, (timestamp, _updated) in page:
+                family.add_metric([name], float(timestamp))
+        yield family
+
+
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+    app = web.Application()
+    handler: Callable[[web.Request], object] = make_aiohttp_handler(registry)
+    app.router.add_get("/metrics", handler)  # type: ignore[arg-type]
+    return app

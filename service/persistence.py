@@ -1,0 +1,314 @@
+"""Persistence: decides when a mutation is durable and applies it to the store then.
+
+Three durability modes (see the README for what each can lose):
+
+* ``fsync``: the mutation is appended to the journal and becomes visible, and is
+  answered, only after its fsync. Group commit: writes that arrive while one
+  fsync runs share the next one.
+* ``batch``: applied and answered at once; the journal is written promptly and
+  fsynced every ``fsync_interval`` seconds.
+* ``snapshot``: applied at once; only the periodic snapshot persists it.
+
+All file I/O runs on one dedicated thread so the event loop never blocks on the
+disk and journal operations stay in order. The store is only touched on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from service import framing, recovery, snapshot
+from service.files import Files
+from service.journal import Journal
+from service.metrics import Metrics
+from service.store import Delete, Mutation, Outcome, Record, StatusStore
+
+log = logging.getLogger("process_status.persistence")
+T = TypeVar("T")
+
+
+class Durability(enum.StrEnum):
+    FSYNC = "fsync"
+    BATCH = "batch"
+    SNAPSHOT = "snapshot"
+
+
+class WriteFailed(Exception):
+    """The journal could not make the write durable; it was not applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    data_dir: str
+    durability: Durability
+    snapshot_interval: float
+    fsync_interval: float
+    journal_max_bytes: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    lsn: int
+    mutation: Mutation
+    moment: float
+    frame: bytes
+    future: asyncio.Future[dict[str, Outcome] | bool] | None
+
+
+class Persistence:
+    def __init__(self, options: Options, store: StatusStore, files: Files, metrics: Metrics):
+        self.options = options
+        self.store = store
+        self.files = files
+        self.metrics = metrics
+        self.restored = False
+        self._journaled = options.durability is not Durability.SNAPSHOT
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="process-status-io")
+        self._io_lock = asyncio.Lock()
+        self._journal: Journal | None = None
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_lsn = 1
+        self._applied_lsn = 0
+        self._snapshot_version = -1
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._journal_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> recovery.Report:
+        """Restore state from the data dir (raises RecoveryError) and start background work."""
+        os.makedirs(self.options.data_dir, exist_ok=True)
+        report = await self._run_io(
+            recovery.recover, self.files, self.options.data_dir, self.store, warn=log.warning
+        )
+        self._applied_lsn = report.last_lsn
+        self._next_lsn = report.last_lsn + 1
+        self._snapshot_version = self.store.version
+        if self._journaled:
+            self._journal = Journal(
+                self.files, self.options.data_dir, report.next_seq, list(report.retained)
+            )
+            self.metrics.journal_bytes.set(self._journal.size)
+        if self.options.durability is Durability.BATCH:
+            self._tasks.append(asyncio.create_task(self._sync_periodically()))
+        self._tasks.append(asyncio.create_task(self._snapshot_periodically()))
+        self.restored = True
+        return report
+
+    async def stop(self) -> None:
+        """Flush what is pending, take a final snapshot if anything changed, close files."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_task
+        await self.snapshot()
+        if self._journal is not None:
+            async with self._io_lock:
+                with contextlib.suppress(OSError):
+                    await self._run_io(self._journal.close)
+        self._io.shutdown(wait=True)
+
+    @property
+    def healthy(self) -> str | None:
+        """None when writes can be made durable, else why not."""
+        if not self.restored:
+            return "state is still being restored"
+        if self._journal_error is not None:
+            return self._journal_error
+        if not os.access(self.options.data_dir, os.W_OK):
+            return f"data dir {self.options.data_dir} is not writable"
+        return None
+
+    # -- writes ----------------------------------------------------------------
+
+    async def submit(self, mutation: Mutation) -> dict[str, Outcome] | bool:
+        """Make `mutation` durable per the mode and apply it; raises WriteFailed."""
+        moment = time.time()
+        if not self._journaled:
+            return self._apply(mutation, moment)
+        lsn = self._next_lsn
+        self._next_lsn += 1
+        frame = framing.encode(orjson.dumps([lsn, moment, *_encode(mutation)]))
+        if self.options.durability is Durability.BATCH:
+            self._pending.append(_Pending(lsn, mutation, moment, frame, None))
+            self._kick()
+            result = self._apply(mutation, moment)
+            self._applied_lsn = lsn
+            return result
+        future: asyncio.Future[dict[str, Outcome] | bool] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append(_Pending(lsn, mutation, moment, frame, future))
+        self._kick()
+        # Shielded: a client that hangs up must not cancel a write that may already be
+        # on disk; the flusher applies it either way.
+        return await asyncio.shield(future)
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        assert self._journal is not None
+        journal = self._journal
+        durable = self.options.durability is Durability.FSYNC
+        while self._pending:
+            async with self._io_lock:
+                batch, self._pending = self._pending, []
+                data = b"".join(item.frame for item in batch)
+                started = time.perf_counter()
+                try:
+                    await self._run_io(_write, journal, data, batch[-1].lsn, durable)
+                except OSError as exc:
+                    self._fail_batch(batch, exc)
+                    continue
+                if durable:
+                    self.metrics.journal_fsync_duration.observe(time.perf_counter() - started)
+                    self.metrics.journal_batch_size.observe(len(batch))
+                    self._journal_error = None
+                    for item in batch:
+                        result = self._apply(item.mutation, item.moment)
+                        if item.future is not None and not item.future.done():
+                            item.future.set_result(result)
+                    self._applied_lsn = batch[-1].lsn
+                self.metrics.journal_bytes.set(journal.size)
+            if journal.size > self.options.journal_max_bytes:
+                self._start_snapshot()
+
+    def _fail_batch(self, batch: list[_Pending], exc: OSError) -> None:
+        self.metrics.journal_failures.inc()
+        self._journal_error = f"journal write failed: {exc}"
+        log.error("journal write failed; %d writes rejected, the next write opens a fresh "
+                  "segment: %s", len(batch), exc)
+        failure = WriteFailed(
+            f"the journal in {self.options.data_dir} could not be written ({exc.strerror or exc});"
+            " the write was not applied. Free disk space or fix the volume, then retry"
+        )
+        for item in batch:
+            if item.future is not None and not item.future.done():
+                item.future.set_exception(failure)
+
+    async def _sync_periodically(self) -> None:
+        assert self._journal is not None
+        journal = self._journal
+        while True:
+            await asyncio.sleep(self.options.fsync_interval)
+            async with self._io_lock:
+                started = time.perf_counter()
+                try:
+                    await self._run_io(journal.sync)
+                except OSError as exc:
+                    self.metrics.journal_failures.inc()
+                    self._journal_error = f"journal fsync failed: {exc}"
+                    log.error("journal fsync failed; writes since the last fsync may be lost "
+                              "at a crash, the next write opens a fresh segment: %s", exc)
+                    continue
+                self._journal_error = None
+                self.metrics.journal_fsync_duration.observe(time.perf_counter() - started)
+
+    def _apply(self, mutation: Mutation, moment: float) -> dict[str, Outcome] | bool:
+        result = self.store.apply(mutation, moment)
+        if isinstance(result, dict):
+            advanced = sum(1 for outcome in result.values() if outcome.advanced)
+            if advanced:
+                self.metrics.updates_advanced.inc(advanced)
+            if advanced != len(result):
+                self.metrics.updates_stale.inc(len(result) - advanced)
+        return result
+
+    # -- snapshots -------------------------------------------------------------
+
+    async def snapshot(self) -> bool:
+        """Write a snapshot if the store changed since the last one; True if written."""
+        if self.store.version == self._snapshot_version:
+            return False
+        started = time.perf_counter()
+        async with self._io_lock:
+            if self._journal is not None:
+                try:
+                    await self._run_io(self._journal.rotate)
+                except OSError as exc:
+                    log.error("journal rotation before snapshot failed: %s", exc)
+            # Inside the lock no journal batch is in flight, so the copy holds exactly
+            # the records up to _applied_lsn (plus, in batch mode, unwritten ones at or
+            # below it, which replay skips).
+            version, lsn, entries = self.store.version, self._applied_lsn, self.store.copy()
+        try:
+            size = await self._run_io(
+                snapshot.write, self.files, self.options.data_dir, entries, lsn
+            )
+        except OSError as exc:
+            self.metrics.snapshot_failures.inc()
+            log.error("snapshot failed, will retry: %s", exc)
+            return False
+        self._snapshot_version = version
+        elapsed = time.perf_counter() - started
+        self.metrics.snapshot_duration.observe(elapsed)
+        self.metrics.snapshot_last_success.set(time.time())
+        log.info("snapshot written: %d entities, %d bytes, lsn %d, %.3f s",
+                 len(entries), size, lsn, elapsed)
+        if self._journal is not None:
+            async with self._io_lock:
+                try:
+                    await self._run_io(self._journal.drop_covered, lsn)
+                except OSError as exc:
+                    log.error("could not delete journal segments covered by the snapshot: %s", exc)
+                self.metrics.journal_bytes.set(self._journal.size)
+        return True
+
+    def _start_snapshot(self) -> None:
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = asyncio.create_task(self._snapshot_quietly())
+
+    async def _snapshot_quietly(self) -> None:
+        try:
+            await self.snapshot()
+        except Exception:
+            self.metrics.snapshot_failures.inc()
+            log.exception("snapshot failed")
+
+    async def _snapshot_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.snapshot_interval)
+            self._start_snapshot()
+            assert self._snapshot_task is not None
+            await asyncio.shield(self._snapshot_task)
+
+    async def _run_io(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, lambda: function(*args, **kwargs))
+
+
+def _write(journal: Journal, data: bytes, max_lsn: int, durable: bool) -> None:
+    journal.write(data, max_lsn)
+    if durable:
+        journal.sync()
+
+
+def _encode(mutation: Mutation) -> tuple[str, object]:
+    if isinstance(mutation, Record):
+        return "r", mutation.updates
+    if isinstance(mutation, Delete):
+        return "d", mutation.entity
+    return "x", None

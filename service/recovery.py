@@ -1,0 +1,162 @@
+"""Recovery: rebuild the store from the snapshot plus the journal written after it.
+
+Used by `serve` before it opens its port and by `inspect` offline. The rules:
+the snapshot must be intact; journal records newer than the snapshot are
+replayed in LSN order; a torn record at the very end of the last segment (a
+crash mid-append) is cut off with a warning; any other damage stops recovery
+with the file and byte offset, because starting older than acknowledged would
+make gateways wait forever for work that was already done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from service import framing, journal, snapshot
+from service.files import Files
+from service.store import Delete, Mutation, Record, Reset, StatusStore
+
+
+class RecoveryError(Exception):
+    """The data dir cannot be restored without losing acknowledged writes."""
+
+
+@dataclass
+class Report:
+    snapshot_entities: int = 0
+    snapshot_lsn: int = 0
+    snapshot_created_at: str | None = None
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
+    """(file name, bytes, records) per journal segment."""
+    replayed: int = 0
+    last_lsn: int = 0
+    truncated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    retained: list[journal.Segment] = field(default_factory=list)
+    next_seq: int = 1
+
+
+def recover(
+    files: Files,
+    data_dir: str,
+    store: StatusStore,
+    *,
+    repair: bool = True,
+    warn: Callable[[str], None] = lambda message: None,
+) -> Report:
+    """Load `data_dir` into `store`. With repair=False nothing on disk is changed."""
+    report = Report()
+    if repair:
+        report.removed += snapshot.remove_leftovers(files, data_dir)
+    try:
+        loaded = snapshot.read(files, data_dir)
+    except snapshot.SnapshotError as exc:
+        raise RecoveryError(str(exc)) from exc
+    if loaded is not None:
+        store.load(loaded.entries)
+        report.snapshot_entities = len(loaded.entries)
+        report.snapshot_lsn = report.last_lsn = loaded.lsn
+        report.snapshot_created_at = loaded.created_at
+    _replay(files, data_dir, store, report, repair, warn)
+    return report
+
+
+def _replay(
+    files: Files,
+    data_dir: str,
+    store: StatusStore,
+    report: Report,
+    repair: bool,
+    warn: Callable[[str], None],
+) -> None:
+    seqs = journal.list_segments(files, data_dir)
+    raw = {seq: files.read(os.path.join(data_dir, journal.segment_name(seq))) for seq in seqs}
+    valid_bytes = _abandon_markers(raw)
+    for index, seq in enumerate(seqs):
+        if index and seq != seqs[index - 1] + 1:
+            raise RecoveryError(
+                f"journal segment {journal.segment_name(seqs[index - 1] + 1)} is missing in "
+                f"{data_dir}: records after it cannot be trusted"
+            )
+        name = journal.segment_name(seq)
+        path = os.path.join(data_dir, name)
+        data = raw[seq][: valid_bytes.get(seq, len(raw[seq]))]
+        frames, damage = framing.decode(data)
+        if damage is not None:
+            last = index == len(seqs) - 1
+            if not (damage.torn and last and seq not in valid_bytes):
+                raise RecoveryError(
+                    f"journal {path} is corrupt at byte offset {damage.offset}: {damage.reason}. "
+                    "Records after it would be lost; restore the file or move it away knowingly"
+                )
+            warn(f"journal {path}: cut off a torn record at byte offset {damage.offset} "
+                 f"({damage.reason}), left by a crash during a write")
+            if repair:
+                files.truncate(path, damage.offset)
+            report.truncated.append(f"{name}@{damage.offset}")
+        segment = journal.Segment(seq, size=damage.offset if damage else len(data))
+        for offset, payload in frames:
+            lsn, moment, mutation = _parse(path, offset, payload)
+            segment.max_lsn = max(segment.max_lsn, lsn)
+            if mutation is None or lsn <= report.snapshot_lsn:
+                continue
+            if lsn <= report.last_lsn:
+                raise RecoveryError(
+                    f"journal {path} is corrupt at byte offset {offset}: record {lsn} is out "
+                    f"of order (after {report.last_lsn})"
+                )
+            store.apply(mutation, moment)
+            report.last_lsn = lsn
+            report.replayed += 1
+        report.segments.append((name, len(raw[seq]), len(frames)))
+        if segment.max_lsn <= report.snapshot_lsn and repair and seq not in valid_bytes:
+            # Left by a crash between a snapshot and the deletion of what it covers.
+            files.remove(path)
+            report.removed.append(name)
+        else:
+            report.retained.append(segment)
+    report.next_seq = (seqs[-1] + 1) if seqs else 1
+
+
+def _abandon_markers(raw: dict[int, bytes]) -> dict[int, int]:
+    """segment seq -> bytes that were durably synced before a write to it failed."""
+    valid: dict[int, int] = {}
+    for data in raw.values():
+        for item in framing.iter_frames(data):
+            if isinstance(item, framing.Damage):
+                break
+            record = orjson.loads(item[1])
+            if record[0] != 0:
+                break  # markers only ever lead a segment
+            if record[2] == "abandon":
+                valid[int(record[3]["segment"])] = int(record[3]["valid_bytes"])
+    return valid
+
+
+def _parse(path: str, offset: int, payload: bytes) -> tuple[int, float, Mutation | None]:
+    try:
+        lsn, moment, op, data = orjson.loads(payload)
+        return int(lsn), float(moment), _mutation(op, data)
+    except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise RecoveryError(
+            f"journal {path} is corrupt at byte offset {offset}: unreadable record ({exc})"
+        ) from exc
+
+
+def _mutation(op: str, data: Any) -> Mutation | None:
+    if op == "r":
+        if not isinstance(data, dict):
+            raise TypeError("record data is not an object")
+        return Record(data)  # written by us and checksummed: no need to re-validate each entry
+    if op == "d":
+        return Delete(str(data))
+    if op == "x":
+        return Reset()
+    if op == "abandon":
+        return None
+    raise ValueError(f"unknown record type {op!r}")

@@ -1,0 +1,180 @@
+"""StatusStore: per-entity latest processed timestamp, merged forward-only.
+
+Pure Python and synchronous: it knows nothing of HTTP, files or the event loop.
+Persistence decides *when* a mutation is applied (after its journal fsync, or at
+once); the store only decides *what* applying it means.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+# (timestamp, updated_at): updated_at is wall-clock seconds since the epoch at the
+# moment the stored timestamp last advanced. A tuple keeps a million entries
+# cheap (one small object each).
+Entry = tuple[int, float]
+
+# Inserting names one by one into the sorted index costs a memmove each; past this
+# many new names in one mutation a merge-sort of the whole index is cheaper.
+_BULK_INSERT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Record processed timestamps: entity -> ts (already validated)."""
+
+    updates: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    entity: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    pass
+
+
+Mutation = Record | Delete | Reset
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one entity looks like after a Record: its stored ts and whether it moved."""
+
+    timestamp: int
+    advanced: bool
+
+
+class CapacityError(Exception):
+    """Applying the write would take the store past its entity limit."""
+
+
+class StatusStore:
+    def __init__(self, max_entities: int) -> None:
+        self.max_entities = max_entities
+        self._entries: dict[str, Entry] = {}
+        self._names: list[str] = []
+        self._reserved = 0
+        self._listeners: list[Callable[[str, int], None]] = []
+        self.version = 0
+        """Counts applied mutations, so a snapshotter can tell whether anything changed."""
+
+    # -- reads -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, entity: str) -> Entry | None:
+        return self._entries.get(entity)
+
+    def processed(self, entity: str, timestamp: int) -> tuple[bool, int | None]:
+        """EventStreamex's `processed?`: stored >= timestamp; unknown is not processed."""
+        entry = self._entries.get(entity)
+        if entry is None:
+            return False, None
+        return entry[0] >= timestamp, entry[0]
+
+    def page(self, prefix: str, after: str, limit: int) -> tuple[list[tuple[str, Entry]], bool]:
+        """Up to `limit` entries sorted by name, with `prefix`, strictly after `after`.
+
+        The second value says whether more entries follow.
+        """
+        names = self._names
+        start = max(bisect.bisect_left(names, prefix), bisect.bisect_right(names, after))
+        found: list[tuple[str, Entry]] = []
+        for index in range(start, len(names)):
+            name = names[index]
+            if not name.startswith(prefix):
+                return found, False
+            if len(found) == limit:
+                return found, True
+            found.append((name, self._entries[name]))
+        return found, False
+
+    def copy(self) -> dict[str, Entry]:
+        """A point-in-time copy for a snapshot (a shallow dict copy: entries are immutable)."""
+        return self._entries.copy()
+
+    # -- capacity --------------------------------------------------------------
+
+    def reserve(self, names: Iterator[str] | list[str]) -> int:
+        """Reserve room for the new entities among `names` until the write is applied.
+
+        Writes wait for their fsync before they are applied; counting the ones in
+        flight keeps concurrent writes from overshooting `max_entities` together.
+        Returns the count to pass to `release`. Raises CapacityError when full.
+        """
+        entries = self._entries
+        new = sum(1 for name in names if name not in entries)
+        if new and len(entries) + self._reserved + new > self.max_entities:
+            raise CapacityError(
+                f"the store holds {len(entries)} entities and its limit is {self.max_entities}; "
+                f"this write would add {new} more. Delete unused entities or raise --max-entities"
+            )
+        self._reserved += new
+        return new
+
+    def release(self, reserved: int) -> None:
+        self._reserved -= reserved
+
+    # -- writes ----------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[str, int], None]) -> None:
+        """Call `listener(entity, new_ts)` whenever an entity advances."""
+        self._listeners.append(listener)
+
+    def apply(self, mutation: Mutation, now: float) -> dict[str, Outcome] | bool:
+        """Apply a mutation. Record -> outcomes per entity; Delete/Reset -> whether it existed."""
+        self.version += 1
+        if isinstance(mutation, Record):
+            return self._record(mutation.updates, now)
+        if isinstance(mutation, Delete):
+            return self._delete(mutation.entity)
+        existed = bool(self._entries)
+        self._entries.clear()
+        self._names.clear()
+        return existed
+
+    def load(self, entries: dict[str, Entry]) -> None:
+        """Replace the whole state (used by recovery before the service opens)."""
+        self._entries = entries
+        self._names = sorted(entries)
+
+    def _record(self, updates: Mapping[str, int], now: float) -> dict[str, Outcome]:
+        entries = self._entries
+        outcomes: dict[str, Outcome] = {}
+        created: list[str] = []
+        for entity, timestamp in updates.items():
+            entry = entries.get(entity)
+            if entry is None:
+                created.append(entity)
+            elif entry[0] >= timestamp:
+                outcomes[entity] = Outcome(entry[0], False)
+                continue
+            entries[entity] = (timestamp, now)
+            outcomes[entity] = Outcome(timestamp, True)
+            for listener in self._listeners:
+                listener(entity, timestamp)
+        if created:
+            self._index(created)
+        return outcomes
+
+    def _index(self, created: list[str]) -> None:
+        names = self._names
+        if len(created) > _BULK_INSERT:
+            names.extend(created)
+            names.sort()
+        else:
+            for name in created:
+                bisect.insort(names, name)
+
+    def _delete(self, entity: str) -> bool:
+        if self._entries.pop(entity, None) is None:
+            return False
+        names = self._names
+        del names[bisect.bisect_left(names, entity)]
+        return True
