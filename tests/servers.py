@@ -1,0 +1,130 @@
+"""Helpers to run the real `process-status serve` in a subprocess on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXECUTABLE = Path(sys.executable).with_name("process-status")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServeProcess:
+    data_dir: Path
+    port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.05)
+        raise RuntimeError(f"serve did not become ready in {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal the gunicorn master and wait for it; returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+        return self.process.returncode
+
+    def kill_all(self) -> None:
+        """SIGKILL the master and its worker (a crash: no cleanup runs)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+def start_serve(
+    data_dir: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    wait: bool = True,
+) -> ServeProcess:
+    """Start `process-status serve` in its own process group on free ports."""
+    port, metrics_port = free_port(), free_port()
+    log_path = data_dir.parent / f"serve-{port}.log"
+    command = [
+        str(EXECUTABLE), "serve",
+        "--bind", f"127.0.0.1:{port}",
+        "--metrics-bind", f"127.0.0.1:{metrics_port}",
+        "--data-dir", str(data_dir),
+        *args,
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROCESS_STATUS_")}
+    environment.update(env or {})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+            start_new_session=True, cwd=ROOT,
+        )
+    server = ServeProcess(data_dir, port, metrics_port, process, log_path, command)
+    if wait:
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.kill_all()
+            raise
+    return server
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[ServeProcess]:
+    server = start_serve(data_dir, *args, env=env)
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.kill_all()
+
+
+def request(
+    method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """A blocking HTTP request that returns (status, headers, body) for any status."""
+    req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()

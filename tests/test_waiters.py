@@ -1,0 +1,110 @@
+"""Long-poll waits: released by the write that satisfies them, and only by it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from service.app import waiters_key
+from service.waiters import Waiters
+from tests.conftest import AppClient
+
+MakeClient = Callable[..., Awaitable[AppClient]]
+
+
+async def test_write_releases_exactly_the_waiters_it_satisfies() -> None:
+    waiters = Waiters()
+    low = asyncio.create_task(waiters.wait("posts", 10, 5))
+    high = asyncio.create_task(waiters.wait("posts", 20, 5))
+    other = asyncio.create_task(waiters.wait("comments", 1, 5))
+    await asyncio.sleep(0)
+    assert waiters.count == 3
+    waiters.notify("posts", 15)
+    await asyncio.sleep(0)
+    assert low.done()
+    assert low.result() is True
+    assert not high.done()
+    assert not other.done()
+    waiters.notify("posts", 20)
+    assert await high is True
+    other.cancel()
+    await asyncio.gather(other, return_exceptions=True)
+    assert waiters.count == 0
+
+
+async def test_timeout_answers_false_and_frees_the_waiter() -> None:
+    waiters = Waiters()
+    started = time.monotonic()
+    assert await waiters.wait("posts", 10, 0.05) is False
+    assert 0.04 <= time.monotonic() - started < 1
+    assert waiters.count == 0
+
+
+async def test_abandoned_waiters_do_not_pile_up() -> None:
+    waiters = Waiters()
+    tasks = [asyncio.create_task(waiters.wait("posts", 10, 30)) for _ in range(1000)]
+    await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert waiters.count == 0
+    assert waiters._heaps == {}  # rebuilt away once the dead outnumbered the living
+
+
+async def test_long_poll_is_released_by_a_put(client: AppClient) -> None:
+    await client.put("/status/posts", json={"timestamp": 1})
+    started = time.monotonic()
+    poll = asyncio.create_task(
+        client.get("/status/posts/processed", params={"ts": "5", "wait": "10"}))
+    await asyncio.sleep(0.1)
+    assert not poll.done()
+    assert client.app[waiters_key].count == 1
+    await client.put("/status/posts", json={"timestamp": 3})  # not enough
+    await asyncio.sleep(0.05)
+    assert not poll.done()
+    await client.put("/status/posts", json={"timestamp": 5})
+    response = await poll
+    assert await response.json() == {"entity": "posts", "timestamp": 5, "processed": True,
+                                     "last_processed": 5}
+    assert time.monotonic() - started < 5
+
+
+async def test_long_poll_times_out_with_processed_false(client: AppClient) -> None:
+    response = await client.get("/status/posts/processed", params={"ts": "5", "wait": "0.1"})
+    assert (await response.json())["processed"] is False
+    assert client.app[waiters_key].count == 0
+
+
+async def test_wait_above_max_wait_is_400(make_client: MakeClient) -> None:
+    client = await make_client(max_wait=2)
+    for wait in ("3", "-1", "soon", "nan"):
+        response = await client.get("/status/posts/processed", params={"ts": "5", "wait": wait})
+        assert response.status == 400
+        assert "--max-wait" in (await response.json(content_type=None))["detail"]
+
+
+async def test_disconnecting_client_frees_its_waiter(client: AppClient) -> None:
+    poll = asyncio.create_task(
+        client.get("/status/posts/processed", params={"ts": "5", "wait": "20"}))
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if client.app[waiters_key].count == 1:
+            break
+    assert client.app[waiters_key].count == 1
+    poll.cancel()  # closes the connection: the server cancels the handler
+    await asyncio.gather(poll, return_exceptions=True)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if client.app[waiters_key].count == 0:
+            break
+    assert client.app[waiters_key].count == 0
+
+
+async def test_thousands_of_waiters_released_by_one_batch(client: AppClient) -> None:
+    waiters = client.app[waiters_key]
+    tasks = [asyncio.create_task(waiters.wait(f"e{i % 50}", 7, 10)) for i in range(5000)]
+    await asyncio.sleep(0)
+    await client.post("/status", json={f"e{i}": 7 for i in range(50)})
+    assert all(await asyncio.gather(*tasks))
+    assert waiters.count == 0
