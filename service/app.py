@@ -104,7 +104,8 @@ def _add_routes(
         ("POST", "/status", views.post_batch, Access.WRITE),
         ("DELETE", "/status", views.reset, Access.WRITE),
         ("*", "/gate", gate.gate, Access.READ),
-        ("*", "/gate/{tail:.*}", gate.gate, Access.READ),
+        # [\s\S], not ".": the original path may carry an encoded newline.
+        ("*", r"/gate/{tail:[\s\S]*}", gate.gate, Access.READ),
         ("GET", "/healthz", healthz, Access.OPEN),
         ("GET", "/readyz", readyz, Access.OPEN),
         ("GET", "/openapi.yaml", openapi, Access.OPEN),

@@ -107,13 +107,12 @@ class StatusViews:
             raise Problem(400, "missing-timestamp",
                           "add the timestamp to check as ?ts=<integer or RFC 3339 date-time>")
         timestamp = _timestamp(_plus_in_query(raw), "ts")
+        wait = self._wait_seconds(query["wait"]) if "wait" in query else 0.0
         done, last = self.store.processed(entity, timestamp)
-        if not done and "wait" in query:
-            wait = self._wait_seconds(query["wait"])
-            if wait > 0:
-                done, last = await self._wait(entity, timestamp, wait)
-                if not done:
-                    self._timeout.inc()
+        if not done and wait > 0:
+            done, last = await self._wait(entity, timestamp, wait)
+            if not done:
+                self._timeout.inc()
         if done:
             self._processed.inc()
         else:

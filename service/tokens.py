@@ -22,6 +22,7 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?"
 )
+_EXACT_FLOAT = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -61,6 +62,10 @@ def parse_timestamp(value: object) -> int:
             "or an RFC 3339 date-time (e.g. 2015-01-23T23:50:07.123Z)"
         )
     if isinstance(value, float):
+        # JSON does not distinguish 2 from 2.0 (JSON Schema calls both integers); accept
+        # whole numbers a double represents exactly, refuse fractions.
+        if value.is_integer() and abs(value) <= _EXACT_FLOAT:
+            return _check_range(int(value))
         raise TokenError("invalid timestamp: expected an integer, not a fractional number")
     raise TokenError(f"invalid timestamp: expected an integer or a string, not {_kind(value)}")
 

@@ -50,10 +50,11 @@ class ServeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                self.url + "/readyz", timeout=1
+            ) as response:
+                if response.status == 200:
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"serve did not become ready in {timeout} s:\n{self.log()}")
 
@@ -108,7 +109,9 @@ def start_serve(
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[ServeProcess]:
+def serving(
+    data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+) -> Iterator[ServeProcess]:
     server = start_serve(data_dir, *args, env=env)
     try:
         yield server

@@ -1,0 +1,164 @@
+"""`process-status serve` as a real subprocess: ports, signals, restart, refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from tests.servers import EXECUTABLE, ROOT, free_port, request, serving, start_serve
+
+TS = 1422057007123000
+
+
+def put(url: str, entity: str, timestamp: int) -> int:
+    status, _, _ = request("PUT", f"{url}/status/{entity}",
+                           orjson.dumps({"timestamp": timestamp}))
+    return status
+
+
+def test_api_and_metrics_ports_answer(tmp_path: Path) -> None:
+    with serving(tmp_path / "data") as server:
+        assert put(server.url, "posts", TS) == 200
+        status, _, body = request("GET", f"{server.url}/status/posts/processed?ts={TS}")
+        assert status == 200
+        assert orjson.loads(body)["processed"] is True
+        status, _, body = request("GET", server.metrics_url)
+        text = body.decode()
+        assert status == 200
+        assert 'process_status_http_requests_total{method="PUT",route="/status/{entity}",' \
+               'status="200"} 1.0' in text
+        assert "process_status_entities 1.0" in text
+        assert 'process_status_entity_last_processed_timestamp{entity="posts"} 1.422057007123e+15' \
+            in text
+        # Metrics are not on the API port.
+        assert request("GET", f"{server.url}/metrics")[0] == 404
+        # One JSON object per line on stderr.
+        for line in server.log().splitlines():
+            assert isinstance(orjson.loads(line), dict)
+
+
+def test_sigterm_writes_final_snapshot_and_restart_restores(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serving(data, "--durability", "snapshot", "--snapshot-interval", "3600") as server:
+        assert put(server.url, "posts", TS) == 200
+        assert put(server.url, "comments", 7) == 200
+        assert not (data / "snapshot.pss").exists()  # nothing periodic yet
+        assert server.stop(signal.SIGTERM) == 0
+        assert "snapshot written: 2 entities" in server.log()
+    assert (data / "snapshot.pss").exists()
+    with serving(data, "--durability", "snapshot") as server:
+        status, _, body = request("GET", f"{server.url}/status/posts")
+        assert status == 200
+        assert orjson.loads(body)["timestamp"] == TS
+        assert request("GET", f"{server.url}/status/comments")[0] == 200
+
+
+def test_sigint_is_graceful_too(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serving(data, "--durability", "snapshot", "--snapshot-interval", "3600") as server:
+        assert put(server.url, "posts", 5) == 200
+        os.killpg(server.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        server.process.wait(60)
+    with serving(data, "--durability", "snapshot") as server:
+        assert request("GET", f"{server.url}/status/posts")[0] == 200
+
+
+def test_corrupt_snapshot_refuses_to_start_naming_the_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serving(data, "--durability", "snapshot") as server:
+        assert put(server.url, "posts", TS) == 200
+        server.stop()
+    snapshot = data / "snapshot.pss"
+    raw = bytearray(snapshot.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    snapshot.write_bytes(bytes(raw))
+    server = start_serve(data, "--durability", "snapshot", wait=False)
+    try:
+        code = server.process.wait(60)
+    finally:
+        server.kill_all()
+    assert code != 0
+    log = server.log()
+    assert "cannot start" in log
+    assert str(snapshot) in log
+    assert "offset" in log
+
+
+def test_non_loopback_without_token_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(EXECUTABLE), "serve", "--bind", f"0.0.0.0:{free_port()}",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=30, env=_clean_env(),
+    )
+    assert result.returncode == 2
+    assert "PROCESS_STATUS_WRITE_TOKENS" in result.stderr
+    assert "--allow-anonymous-writes" in result.stderr
+
+
+def test_bad_flag_values_exit_2_naming_the_fix(tmp_path: Path) -> None:
+    for args, expected in (
+        (["--max-batch", "0"], "--max-batch"),
+        (["--bind", "localhost"], "HOST:PORT"),
+        (["--durability", "sometimes"], "fsync, batch, snapshot"),
+        (["--gate-status", "404"], "425"),
+    ):
+        result = subprocess.run([str(EXECUTABLE), "serve", *args], capture_output=True,
+                                text=True, timeout=30, env=_clean_env())
+        assert result.returncode == 2, args
+        assert expected in result.stderr, result.stderr
+    env = _clean_env() | {"PROCESS_STATUS_SNAPSHOT_INTERVAL": "-5"}
+    result = subprocess.run([str(EXECUTABLE), "serve"], capture_output=True, text=True,
+                            timeout=30, env=env)
+    assert result.returncode == 2
+    assert "PROCESS_STATUS_SNAPSHOT_INTERVAL" in result.stderr
+
+
+def test_help_lists_flags_with_env_names() -> None:
+    result = subprocess.run([str(EXECUTABLE), "--help"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    for name in ("--bind", "PROCESS_STATUS_BIND", "--durability", "PROCESS_STATUS_WRITE_TOKENS"):
+        assert name in result.stdout
+    module = subprocess.run([sys.executable, "-m", "service", "serve", "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert "PROCESS_STATUS_MAX_ENTITIES" in module.stdout
+
+
+def test_gunicorn_by_hand_with_two_workers_refuses(tmp_path: Path) -> None:
+    env = _clean_env() | {"PROCESS_STATUS_DATA_DIR": str(tmp_path / "data")}
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    process = subprocess.Popen(
+        [str(gunicorn), "service.server:app_factory", "-k", "aiohttp.GunicornUVLoopWebWorker",
+         "-w", "2", "-b", f"127.0.0.1:{free_port()}", "--no-control-socket"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0
+    assert b"exactly one worker" in output
+
+
+def test_second_instance_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serving(data) as first:
+        second = start_serve(data, wait=False)
+        try:
+            assert second.process.wait(60) != 0
+        finally:
+            second.kill_all()
+        assert "in use by pid" in second.log()
+        assert put(first.url, "posts", 1) == 200  # the first one is unharmed
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PROCESS_STATUS_")}
