@@ -1,0 +1,37 @@
+"""An asyncio client for process-status, on aiohttp.
+
+Operators record how far a read model has processed; application code asks
+whether (or waits until) a position is processed; Python gateways and apps can
+put `gate_middleware` in front of their handlers::
+
+    async with ProcessStatusClient("http://127.0.0.1:8080", token=WRITE_TOKEN) as client:
+        await client.record("posts", 1422057007123000)
+        await client.wait_processed("posts", 1422057007123000, timeout=5)
+
+    app = web.Application(middlewares=[gate_middleware(client)])
+"""
+
+from service.client.api import (
+    Processed,
+    ProcessStatusClient,
+    ProcessStatusError,
+    ProcessStatusUnreachable,
+    RecordResult,
+    Timestamp,
+)
+from service.client.middleware import gate_middleware
+from service.tokens import TokenError, format_token, parse_token, parse_token_header
+
+__all__ = [
+    "ProcessStatusClient",
+    "ProcessStatusError",
+    "ProcessStatusUnreachable",
+    "Processed",
+    "RecordResult",
+    "Timestamp",
+    "TokenError",
+    "format_token",
+    "gate_middleware",
+    "parse_token",
+    "parse_token_header",
+]
