@@ -22,6 +22,7 @@ Every method here blocks: callers run them on one dedicated I/O thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -119,6 +120,13 @@ class Journal:
         return removed
 
     def close(self) -> None:
+        """Sync and close; a failed journal first tries to make its abandon markers durable."""
+        if self.failed and self._abandoned:
+            try:
+                self._open_fresh()
+                self.sync()
+            except OSError:
+                pass  # recovery then replays at most the truncated failed segment
         if self._handle is not None and not self.failed:
             self.sync()
         self._close()
@@ -129,18 +137,24 @@ class Journal:
             handle.close()
 
     def _fail(self) -> None:
+        """After a failed write or fsync: never trust this segment past its synced size."""
         self.failed = True
-        if self._current is not None:
-            self._current.size = self._synced_size
-            if self._current not in self._abandoned:
-                self._abandoned.append(self._current)
+        current = self._current
+        if current is None:
+            return
+        current.size = self._synced_size
+        if current not in self._abandoned:
+            self._abandoned.append(current)
+        # Best effort: cut the unsynced tail off right away, so the rejected writes cannot
+        # come back even if no abandon marker is ever written (say the process stops
+        # before the disk recovers). Truncating frees space, so it works on a full disk.
+        with contextlib.suppress(OSError):
+            self.files.truncate(self.path(current.seq), self._synced_size)
 
     def _open_fresh(self) -> None:
         if self._handle is not None:
-            try:
+            with contextlib.suppress(OSError):  # abandoned either way; the fd is gone
                 self._close()
-            except OSError:
-                self._handle = self._current = None  # abandoned either way; the fd is gone
         handle = self.files.create(self.path(self.next_seq))
         segment = Segment(self.next_seq)
         self.next_seq += 1
@@ -153,6 +167,12 @@ class Journal:
             ))
             for old in self._abandoned
         )
-        if markers:
-            self.write(markers, 0)
-        self.files.sync_dir(self.data_dir)
+        try:
+            if markers:
+                handle.write(markers)
+                segment.size += len(markers)
+            # Until the directory entry is durable, nothing in this segment is.
+            self.files.sync_dir(self.data_dir)
+        except BaseException:
+            self._fail()
+            raise

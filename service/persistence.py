@@ -253,10 +253,11 @@ class Persistence:
             # Inside the lock no journal batch is in flight, so the copy holds exactly
             # the records up to _applied_lsn (plus, in batch mode, unwritten ones at or
             # below it, which replay skips).
-            version, lsn, entries = self.store.version, self._applied_lsn, self.store.copy()
+            version, lsn = self.store.version, self._applied_lsn
+            entries, names = self.store.capture()
         try:
             size = await self._run_io(
-                snapshot.write, self.files, self.options.data_dir, entries, lsn
+                snapshot.write, self.files, self.options.data_dir, entries, names, lsn
             )
         except OSError as exc:
             self.metrics.snapshot_failures.inc()

@@ -57,12 +57,13 @@ def recover(
         loaded = snapshot.read(files, data_dir)
     except snapshot.SnapshotError as exc:
         raise RecoveryError(str(exc)) from exc
+    store.restore(loaded.entries if loaded is not None else {})
     if loaded is not None:
-        store.load(loaded.entries)
         report.snapshot_entities = len(loaded.entries)
         report.snapshot_lsn = report.last_lsn = loaded.lsn
         report.snapshot_created_at = loaded.created_at
     _replay(files, data_dir, store, report, repair, warn)
+    store.finish_restore()
     return report
 
 
@@ -114,13 +115,20 @@ def _replay(
             report.last_lsn = lsn
             report.replayed += 1
         report.segments.append((name, len(raw[seq]), len(frames)))
-        if segment.max_lsn <= report.snapshot_lsn and repair and seq not in valid_bytes:
-            # Left by a crash between a snapshot and the deletion of what it covers.
-            files.remove(path)
-            report.removed.append(name)
-        else:
-            report.retained.append(segment)
+        report.retained.append(segment)
+    if repair:
+        _drop_covered(files, data_dir, report)
     report.next_seq = (seqs[-1] + 1) if seqs else 1
+
+
+def _drop_covered(files: Files, data_dir: str, report: Report) -> None:
+    """Delete the oldest segments the snapshot fully covers (left by a crash between a
+    snapshot and the deletion of what it covers). Only a prefix: deleting a later
+    segment could delete the abandon marker for an earlier, kept one."""
+    while report.retained and report.retained[0].max_lsn <= report.snapshot_lsn:
+        name = journal.segment_name(report.retained.pop(0).seq)
+        files.remove(os.path.join(data_dir, name))
+        report.removed.append(name)
 
 
 def _abandon_markers(raw: dict[int, bytes]) -> dict[int, int]:

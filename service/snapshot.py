@@ -27,7 +27,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 
 import orjson
 
@@ -58,8 +57,8 @@ def path_in(data_dir: str) -> str:
     return os.path.join(data_dir, FILENAME)
 
 
-def encode_frames(entries: dict[str, Entry], lsn: int) -> Iterator[bytes]:
-    """Yield the file's frames one chunk at a time (call from a worker thread)."""
+def encode_frames(entries: dict[str, Entry], names: list[str], lsn: int) -> Iterator[bytes]:
+    """Yield the file's frames one chunk at a time, in `names` order (call from a thread)."""
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -68,23 +67,25 @@ def encode_frames(entries: dict[str, Entry], lsn: int) -> Iterator[bytes]:
         "created_at": rfc3339(time.time()),
     }
     yield framing.encode(orjson.dumps(header))
-    items = iter(entries.items())
-    while chunk := list(islice(items, CHUNK)):
-        names = [name for name, _ in chunk]
-        stamps = [entry[0] for _, entry in chunk]
-        updated = [entry[1] for _, entry in chunk]
-        yield framing.encode(orjson.dumps({"e": names, "t": stamps, "u": updated}))
+    for start in range(0, len(names), CHUNK):
+        chunk = names[start : start + CHUNK]
+        rows = [entries[name] for name in chunk]
+        stamps = [row[0] for row in rows]
+        updated = [row[1] for row in rows]
+        yield framing.encode(orjson.dumps({"e": chunk, "t": stamps, "u": updated}))
     yield framing.encode(orjson.dumps({"end": True, "entities": len(entries)}))
 
 
-def write(files: Files, data_dir: str, entries: dict[str, Entry], lsn: int) -> int:
+def write(
+    files: Files, data_dir: str, entries: dict[str, Entry], names: list[str], lsn: int
+) -> int:
     """Atomically replace the snapshot; returns its size in bytes. Blocking: run in a thread."""
     target = path_in(data_dir)
     temp = f"{target}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
     handle = files.create(temp)
     size = 0
     try:
-        for frame in encode_frames(entries, lsn):
+        for frame in encode_frames(entries, names, lsn):
             handle.write(frame)
             size += len(frame)
         handle.sync()

@@ -59,6 +59,7 @@ class StatusStore:
         self._entries: dict[str, Entry] = {}
         self._names: list[str] = []
         self._reserved = 0
+        self._restoring = False
         self._listeners: list[Callable[[str, int], None]] = []
         self.version = 0
         """Counts applied mutations, so a snapshotter can tell whether anything changed."""
@@ -95,9 +96,14 @@ class StatusStore:
             found.append((name, self._entries[name]))
         return found, False
 
-    def copy(self) -> dict[str, Entry]:
-        """A point-in-time copy for a snapshot (a shallow dict copy: entries are immutable)."""
-        return self._entries.copy()
+    def capture(self) -> tuple[dict[str, Entry], list[str]]:
+        """A point-in-time copy for a snapshot: the entries and the sorted names.
+
+        Shallow copies (entries are immutable tuples): about 20 ms for a million
+        entities, on the event loop. Writing the snapshot in name order lets the
+        next start rebuild the sorted index in linear time.
+        """
+        return self._entries.copy(), self._names.copy()
 
     # -- capacity --------------------------------------------------------------
 
@@ -135,14 +141,25 @@ class StatusStore:
         if isinstance(mutation, Delete):
             return self._delete(mutation.entity)
         existed = bool(self._entries)
-        self._entries.clear()
+        self._entries = {}
         self._names.clear()
         return existed
 
-    def load(self, entries: dict[str, Entry]) -> None:
-        """Replace the whole state (used by recovery before the service opens)."""
+    def restore(self, entries: dict[str, Entry]) -> None:
+        """Replace the whole state, and defer the sorted index until `finish_restore`.
+
+        Journal replay then applies records without keeping the index up to date
+        one insertion at a time (100k new names into a million-entry list would
+        cost a memmove each).
+        """
         self._entries = entries
-        self._names = sorted(entries)
+        self._restoring = True
+
+    def finish_restore(self) -> None:
+        # Near-sorted input (the snapshot is in name order; replayed names trail it):
+        # timsort merges the runs in about linear time.
+        self._names = sorted(self._entries)
+        self._restoring = False
 
     def _record(self, updates: Mapping[str, int], now: float) -> dict[str, Outcome]:
         entries = self._entries
@@ -159,7 +176,7 @@ class StatusStore:
             outcomes[entity] = Outcome(timestamp, True)
             for listener in self._listeners:
                 listener(entity, timestamp)
-        if created:
+        if created and not self._restoring:
             self._index(created)
         return outcomes
 
@@ -175,6 +192,8 @@ class StatusStore:
     def _delete(self, entity: str) -> bool:
         if self._entries.pop(entity, None) is None:
             return False
+        if self._restoring:
+            return True
         names = self._names
         del names[bisect.bisect_left(names, entity)]
         return True
