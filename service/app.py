@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
-from aiohttp.web_urldispatcher import AbstractRoute
 from prometheus_client import CollectorRegistry
 
-from service.auth import GATE_TOKEN_HEADER, Access, Authenticator, bearer
+from service.auth import Access, Authenticator
 from service.config import Settings
 from service.datadir import DataDirLock, DataDirLocked
 from service.files import Files, OsFiles
 from service.gate import GateView
+from service.guard import View, fallback, guarded
 from service.handlers import StatusViews, json_response
 from service.metrics import Metrics, create_metrics_app
 from service.persistence import Options, Persistence
-from service.problems import Problem, from_http_exception, problem_response
+from service.problems import Problem
 from service.recovery import RecoveryError
 from service.store import StatusStore
 from service.waiters import Waiters
@@ -34,10 +32,7 @@ persistence_key = web.AppKey("persistence", Persistence)
 waiters_key = web.AppKey("waiters", Waiters)
 metrics_key = web.AppKey("metrics", Metrics)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_UNMATCHED = "unmatched"
 WORKER_BOOT_ERROR = 3
-_BEARER = {"WWW-Authenticate": 'Bearer realm="process-status"'}
 
 
 def create_app(
@@ -54,19 +49,15 @@ def create_app(
     options = Options(settings.data_dir, settings.durability, settings.snapshot_interval,
                       settings.fsync_interval, settings.journal_max_bytes)
     persistence = Persistence(options, store, files or OsFiles(), metrics)
-    access: dict[AbstractRoute, Access] = {}
-
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[_guard(Authenticator(settings.write_tokens, settings.read_tokens),
-                            access, metrics)],
-    )
+    # No middlewares: see service.guard for why each route is wrapped instead.
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[store_key] = store
     app[persistence_key] = persistence
     app[waiters_key] = waiters
     app[metrics_key] = metrics
-    _add_routes(app, access, StatusViews(settings, store, persistence, waiters, metrics),
+    _add_routes(app, Authenticator(settings.write_tokens, settings.read_tokens), metrics,
+                StatusViews(settings, store, persistence, waiters, metrics),
                 GateView(settings, store, waiters, metrics), persistence)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_release_waiters)
@@ -75,7 +66,8 @@ def create_app(
 
 def _add_routes(
     app: web.Application,
-    access: dict[AbstractRoute, Access],
+    auth: Authenticator,
+    metrics: Metrics,
     views: StatusViews,
     gate: GateView,
     persistence: Persistence,
@@ -95,7 +87,7 @@ def _add_routes(
         return web.Response(body=spec, content_type="application/yaml")
 
     router = app.router
-    table: list[tuple[str, str, Handler, Access]] = [
+    table: list[tuple[str, str, View, Access]] = [
         ("GET", "/status/{entity}/processed", views.processed, Access.READ),
         ("GET", "/status/{entity}", views.get_status, Access.READ),
         ("PUT", "/status/{entity}", views.put_status, Access.WRITE),
@@ -110,71 +102,15 @@ def _add_routes(
         ("GET", "/readyz", readyz, Access.OPEN),
         ("GET", "/openapi.yaml", openapi, Access.OPEN),
     ]
-    for method, path, handler, level in table:
-        route = router.add_route(method, path, handler)
-        access[route] = level
+    for method, path, view, access in table:
+        template = path.replace(r":[\s\S]*", "")
+        handler = guarded(view, template, access, auth, metrics,
+                          at_gate=template.startswith("/gate"))
+        router.add_route(method, path, handler)
         if method == "GET":
-            access[router.add_route("HEAD", path, handler)] = level
-
-
-def _guard(
-    auth: Authenticator, access: dict[AbstractRoute, Access], metrics: Metrics
-) -> Middleware:
-    """One middleware for auth, problem+json errors and request metrics.
-
-    Three concerns in one function because each middleware layer costs a
-    coroutine frame per request, and this is the hot path.
-    """
-    counters: dict[tuple[str, str, int], Callable[[], None]] = {}
-    timers: dict[tuple[str, str], Callable[[float], None]] = {}
-    gate_routes = {"/gate", "/gate/{tail}"}
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        route = request.match_info.route
-        level = access.get(route)
-        template = route.resource.canonical if route.resource is not None else _UNMATCHED
-        try:
-            if level is not None and auth.needs_token(level):
-                token = (request.headers.get(GATE_TOKEN_HEADER) if template in gate_routes
-                         else bearer(request.headers.get("Authorization")))
-                if not auth.allows(level, token):
-                    raise _unauthorized(level, template in gate_routes, token)
-            response = await handler(request)
-        except Problem as problem:
-            response = problem.response()
-        except web.HTTPException as exc:
-            response = from_http_exception(exc, request)
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, template)
-            response = problem_response(500, "internal-error",
-                                        "the service failed unexpectedly; the logs have details")
-        method = request.method
-        key = (method, template, response.status)
-        count = counters.get(key)
-        if count is None:
-            count = counters[key] = metrics.requests.labels(*key).inc
-        count()
-        timer_key = (method, template)
-        observe = timers.get(timer_key)
-        if observe is None:
-            observe = timers[timer_key] = metrics.request_duration.labels(*timer_key).observe
-        observe(time.perf_counter() - started)
-        return response
-
-    return guard
-
-
-def _unauthorized(level: Access, at_gate: bool, token: str | None) -> Problem:
-    if at_gate:
-        where = f"the gateway must send a read token in the {GATE_TOKEN_HEADER} header"
-    else:
-        where = "send Authorization: Bearer <token>"
-    what = "a write token" if level is Access.WRITE else "a read or write token"
-    problem = "the token is not valid" if token else "no token was sent"
-    detail = f"{problem}: this needs {what}; {where}"
-    return Problem(401, "unauthorized", detail, headers=_BEARER)
+            router.add_route("HEAD", path, handler)
+    # Last, so every real route is tried first.
+    router.add_route("*", r"/{path:[\s\S]*}", fallback(metrics))
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

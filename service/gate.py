@@ -57,14 +57,14 @@ class GateView:
                 done, last = self.store.processed(entity, timestamp)
             if not done:
                 if waited:
-                    self._timeout.inc()
+                    self._timeout()
                     self._wait_duration.observe(self.wait)
                 else:
-                    self._not_processed.inc()
+                    self._not_processed()
                 raise self._too_early(entity, timestamp, last)
         if waited:
             self._wait_duration.observe(self.wait - max(0.0, deadline - time.monotonic()))
-        self._processed.inc()
+        self._processed()
         return web.Response(status=200)
 
     def _too_early(self, entity: str, timestamp: int, last: int | None) -> Problem:

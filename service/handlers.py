@@ -28,8 +28,10 @@ _DEFAULT_LIST = 1000
 
 
 def json_response(data: Any, status: int = 200, token: str | None = None) -> web.Response:
-    headers = _JSON if token is None else {**_JSON, TOKEN_HEADER: token}
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers)
+    if token is None:
+        return web.Response(body=orjson.dumps(data), status=status, headers=_JSON)
+    return web.Response(body=orjson.dumps(data), status=status,
+                        headers={"Content-Type": "application/json", TOKEN_HEADER: token})
 
 
 class StatusViews:
@@ -106,17 +108,17 @@ class StatusViews:
         if raw is None:
             raise Problem(400, "missing-timestamp",
                           "add the timestamp to check as ?ts=<integer or RFC 3339 date-time>")
-        timestamp = _timestamp(_plus_in_query(raw), "ts")
+        timestamp = _timestamp(_plus_in_query(raw) if " " in raw else raw, "ts")
         wait = self._wait_seconds(query["wait"]) if "wait" in query else 0.0
         done, last = self.store.processed(entity, timestamp)
         if not done and wait > 0:
             done, last = await self._wait(entity, timestamp, wait)
             if not done:
-                self._timeout.inc()
+                self._timeout()
         if done:
-            self._processed.inc()
+            self._processed()
         else:
-            self._not_processed.inc()
+            self._not_processed()
         return json_response({"entity": entity, "timestamp": timestamp, "processed": done,
                               "last_processed": last})
 

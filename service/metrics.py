@@ -8,6 +8,7 @@ global default registry. Hot-path counters are bound to their label values once
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import (
@@ -22,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from service.counters import LoopCounter, LoopHistogram
 from service.store import StatusStore
 
 # `*_created` series double the scrape and nobody here graphs them.
@@ -34,30 +36,31 @@ _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 class Metrics:
     def __init__(self, registry: CollectorRegistry, store: StatusStore, entity_limit: int):
         self.registry = registry
-        self.requests = Counter(
+        # Per-request metrics: loop-only counters, no lock on the hot path.
+        self.requests = LoopCounter(
             "process_status_http_requests", "HTTP requests answered, by route template.",
-            ["method", "route", "status"], registry=registry,
+            ["method", "route", "status"],
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "process_status_http_request_duration_seconds",
             "Time from routing a request to its response, by route template.",
-            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=registry,
+            ["method", "route"], _LATENCY_BUCKETS,
         )
-        entities = Gauge("process_status_entities", "Entities in the store.", registry=registry)
-        entities.set_function(lambda: len(store))
-        updates = Counter(
+        self.updates = LoopCounter(
             "process_status_updates",
             "Per-entity timestamp updates applied: advanced the stored value, or stale "
             "(older or equal, left unchanged).",
-            ["result"], registry=registry,
+            ["result"],
         )
-        self.updates_advanced = updates.labels("advanced")
-        self.updates_stale = updates.labels("stale")
-        self.checks = Counter(
+        self.checks = LoopCounter(
             "process_status_checks",
             "processed? decisions, by result and by who asked (the API or the gate).",
-            ["result", "source"], registry=registry,
+            ["result", "source"],
         )
+        for collector in (self.requests, self.request_duration, self.updates, self.checks):
+            registry.register(collector)
+        entities = Gauge("process_status_entities", "Entities in the store.", registry=registry)
+        entities.set_function(lambda: len(store))
         self.snapshot_last_success = Gauge(
             "process_status_snapshot_last_success_timestamp_seconds",
             "Unix time of the last snapshot written successfully.", registry=registry,
@@ -101,8 +104,9 @@ class Metrics:
         )
         registry.register(EntityCollector(store, entity_limit))
 
-    def check(self, result: str, source: str) -> Counter:
-        return self.checks.labels(result, source)
+    def check(self, result: str, source: str) -> Callable[[], None]:
+        """A zero-argument incrementer for one (result, source) decision."""
+        return partial(self.checks.inc, (result, source))
 
 
 class EntityCollector(Collector):

@@ -232,9 +232,9 @@ class Persistence:
         if isinstance(result, dict):
             advanced = sum(1 for outcome in result.values() if outcome.advanced)
             if advanced:
-                self.metrics.updates_advanced.inc(advanced)
+                self.metrics.updates.inc(("advanced",), advanced)
             if advanced != len(result):
-                self.metrics.updates_stale.inc(len(result) - advanced)
+                self.metrics.updates.inc(("stale",), len(result) - advanced)
         return result
 
     # -- snapshots -------------------------------------------------------------

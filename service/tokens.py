@@ -47,6 +47,8 @@ def parse_timestamp(value: object) -> int:
     A date-time becomes integer microseconds since the Unix epoch, so
     "2015-01-23T23:50:07.123Z" and 1422057007123000 are the same position.
     """
+    if type(value) is str and value.isdigit() and value.isascii() and len(value) <= 19:
+        return _check_range(int(value))  # the common case, first: a query string's digits
     if isinstance(value, bool):
         raise TokenError("invalid timestamp: expected an integer, not a boolean")
     if isinstance(value, int):

@@ -1,0 +1,1 @@
+"""End-to-end tests of the gate through real gateways (deploy/gateways/)."""
