@@ -37,9 +37,13 @@ class Damage:
     """True when the damage is a torn tail that recovery may truncate."""
 
 
-def decode(buffer: bytes | memoryview) -> tuple[list[tuple[int, bytes]], Damage | None]:
+Payload = memoryview
+"""A zero-copy view into the buffer (orjson.loads and zlib take it as is)."""
+
+
+def decode(buffer: bytes | memoryview) -> tuple[list[tuple[int, Payload]], Damage | None]:
     """All intact frames as (offset, payload), and the damage that stopped the walk."""
-    frames: list[tuple[int, bytes]] = []
+    frames: list[tuple[int, Payload]] = []
     for item in iter_frames(buffer):
         if isinstance(item, Damage):
             return frames, item
@@ -47,7 +51,7 @@ def decode(buffer: bytes | memoryview) -> tuple[list[tuple[int, bytes]], Damage 
     return frames, None
 
 
-def iter_frames(buffer: bytes | memoryview) -> Iterator[tuple[int, bytes] | Damage]:
+def iter_frames(buffer: bytes | memoryview) -> Iterator[tuple[int, Payload] | Damage]:
     view = memoryview(buffer)
     end = len(view)
     offset = 0
@@ -64,7 +68,7 @@ def iter_frames(buffer: bytes | memoryview) -> Iterator[tuple[int, bytes] | Dama
         if body_end > end:
             yield Damage(offset, f"frame of {length} bytes cut off by the end of the file", True)
             return
-        payload = bytes(view[offset + HEADER.size : body_end])
+        payload = view[offset + HEADER.size : body_end]
         if zlib.crc32(payload) != crc:
             yield Damage(offset, "checksum mismatch", body_end == end)
             return

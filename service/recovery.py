@@ -146,7 +146,9 @@ def _abandon_markers(raw: dict[int, bytes]) -> dict[int, int]:
     return valid
 
 
-def _parse(path: str, offset: int, payload: bytes) -> tuple[int, float, Mutation | None]:
+def _parse(
+    path: str, offset: int, payload: memoryview
+) -> tuple[int, float, Mutation | None]:
     try:
         lsn, moment, op, data = orjson.loads(payload)
         return int(lsn), float(moment), _mutation(op, data)
