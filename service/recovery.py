@@ -10,6 +10,7 @@ make gateways wait forever for work that was already done.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,27 @@ def recover(
     warn: Callable[[str], None] = lambda message: None,
 ) -> Report:
     """Load `data_dir` into `store`. With repair=False nothing on disk is changed."""
+    # A million new entries would trigger dozens of cyclic-GC passes over a growing heap
+    # (none of it can form cycles); pausing the collector takes ~15% off a restore.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _recover(files, data_dir, store, repair, warn)
+    finally:
+        if was_enabled:
+            gc.enable()
+        # The restored state lives as long as the process: keep it out of later full
+        # collections too.
+        gc.freeze()
+
+
+def _recover(
+    files: Files,
+    data_dir: str,
+    store: StatusStore,
+    repair: bool,
+    warn: Callable[[str], None],
+) -> Report:
     report = Report()
     if repair:
         report.removed += snapshot.remove_leftovers(files, data_dir)
