@@ -167,9 +167,9 @@ class Persistence:
         )
         self._pending.append(_Pending(lsn, mutation, moment, frame, future))
         self._kick()
-        # Shielded: a client that hangs up must not cancel a write that may already be
-        # on disk; the flusher applies it either way.
-        return await asyncio.shield(future)
+        # A client that hangs up cancels only this future: the flusher still applies the
+        # write (it may already be on disk), it just has nobody to answer.
+        return await future
 
     def _kick(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -236,7 +236,9 @@ class Persistence:
     def _apply(self, mutation: Mutation, moment: float) -> dict[str, Outcome] | bool:
         result = self.store.apply(mutation, moment)
         if isinstance(result, dict):
-            advanced = sum(1 for outcome in result.values() if outcome.advanced)
+            advanced = 0
+            for outcome in result.values():
+                advanced += outcome.advanced
             if advanced:
                 self.metrics.updates.inc(("advanced",), advanced)
             if advanced != len(result):
