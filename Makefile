@@ -4,13 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean gateways
+.PHONY: venv run test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,gateways]'
 	touch $(STAMP)
+
+venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/process-status serve
@@ -25,7 +27,10 @@ unit: $(STAMP)
 test: lint unit
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo 'make bench needs wrk: apt-get install -y wrk'; exit 1; }
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/waiters.py
+	$(BIN)/python bench/restore.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
