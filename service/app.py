@@ -10,6 +10,7 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from service import looplag
 from service.auth import Access, Authenticator
 from service.config import Settings
 from service.datadir import DataDirLock, DataDirLocked
@@ -118,6 +119,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     persistence = app[persistence_key]
     lock = DataDirLock(settings.data_dir)
     metrics_runner: web.AppRunner | None = None
+    lag: asyncio.Task[None] | None = None
     try:
         try:
             lock.acquire()
@@ -137,8 +139,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                settings.metrics_bind.port)
             await site.start()
             log.info("metrics on http://%s/metrics", settings.metrics_bind)
+        lag = asyncio.create_task(looplag.watch(app[metrics_key].loop_lag.observe))
         yield
     finally:
+        if lag is not None:
+            lag.cancel()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         if persistence.restored:

@@ -102,6 +102,12 @@ class Metrics:
             "How long waiting requests (long-poll and gate) were held.",
             buckets=_WAIT_BUCKETS, registry=registry,
         )
+        self.loop_lag = Histogram(
+            "process_status_event_loop_lag_seconds",
+            "How late a 100 ms timer on the event loop fires: any stall delays every request.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
         registry.register(EntityCollector(store, entity_limit))
 
     def check(self, result: str, source: str) -> Callable[[], None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,10 @@ def test_api_and_metrics_ports_answer(tmp_path: Path) -> None:
         assert "process_status_entities 1.0" in text
         assert 'process_status_entity_last_processed_timestamp{entity="posts"} 1.422057007123e+15' \
             in text
+        # The loop-lag watcher is running (it wakes every 100 ms).
+        lag = re.search(r"^process_status_event_loop_lag_seconds_count (\S+)$", text, re.M)
+        assert lag is not None
+        assert float(lag.group(1)) >= 1
         # Metrics are not on the API port.
         assert request("GET", f"{server.url}/metrics")[0] == 404
         # One JSON object per line on stderr.
