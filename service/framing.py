@@ -9,9 +9,10 @@ On disk a frame is::
 
 A file is frames back to back with nothing between them. A reader walks the
 frames and stops at the first damaged one, telling a *torn tail* (the bytes run
-out mid-frame, or only zeros follow, or the very last frame fails its checksum:
-what a crash during an append leaves) from *corruption* (a bad frame with more
-data after it: the disk or someone else damaged the file).
+out mid-frame, or only zeros follow, or the very last frame fails its checksum,
+and no intact frame can be found anywhere after it: what a crash during an
+append leaves) from *corruption* (a bad frame with intact data after it: the
+disk or someone else damaged the file, and cutting there would drop records).
 """
 
 from __future__ import annotations
@@ -62,11 +63,13 @@ def iter_frames(buffer: bytes | memoryview) -> Iterator[tuple[int, Payload] | Da
         length, crc = HEADER.unpack_from(view, offset)
         body_end = offset + HEADER.size + length
         if length == 0 or length > MAX_FRAME:
-            torn = not any(view[offset:end])
+            torn = not any(view[offset:end]) or not _intact_frame_after(view, offset)
             yield Damage(offset, f"invalid frame length {length}", torn)
             return
         if body_end > end:
-            yield Damage(offset, f"frame of {length} bytes cut off by the end of the file", True)
+            # A crash mid-append, or a corrupted length field hiding the frames after it.
+            torn = not _intact_frame_after(view, offset)
+            yield Damage(offset, f"frame of {length} bytes runs past the end of the file", torn)
             return
         payload = view[offset + HEADER.size : body_end]
         if zlib.crc32(payload) != crc:
@@ -74,3 +77,19 @@ def iter_frames(buffer: bytes | memoryview) -> Iterator[tuple[int, Payload] | Da
             return
         yield offset, payload
         offset = body_end
+
+
+def _intact_frame_after(view: memoryview, start: int) -> bool:
+    """Whether an intact frame (plausible length, matching checksum) starts after `start`.
+
+    Only runs once a damaged frame is found, to tell a torn tail from a corrupted
+    length field in front of good records.
+    """
+    end = len(view)
+    for position in range(start + 1, end - HEADER.size):
+        length, crc = HEADER.unpack_from(view, position)
+        body_end = position + HEADER.size + length
+        if 0 < length <= MAX_FRAME and body_end <= end and \
+                zlib.crc32(view[position + HEADER.size : body_end]) == crc:
+            return True
+    return False

@@ -128,7 +128,8 @@ class StatusViews:
         prefix = query.get("prefix", "")
         after = query.get("after", "")
         limit_text = query.get("limit", str(_DEFAULT_LIST))
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= _MAX_LIST:
+        if not (limit_text.isascii() and limit_text.isdigit()) or \
+                not 1 <= int(limit_text) <= _MAX_LIST:
             raise Problem(400, "invalid-limit",
                           f"limit must be a whole number from 1 to {_MAX_LIST}, got "
                           f"{limit_text[:40]!r}")
@@ -175,11 +176,10 @@ class StatusViews:
             raise Problem(507, "entity-limit-reached", str(exc),
                           limit=self.store.max_entities) from None
         try:
-            return await self.persistence.submit(mutation)
+            return await self.persistence.submit(mutation, reserved)
         except WriteFailed as exc:
-            raise Problem(503, "write-not-durable", str(exc)) from None
-        finally:
-            self.store.release(reserved)
+            raise Problem(503, "write-not-durable", str(exc),
+                          headers={"Retry-After": "1"}) from None
 
     def _wait_seconds(self, text: str) -> float:
         try:
@@ -221,15 +221,16 @@ def _plus_in_query(value: str) -> str:
 
 
 async def _read_body(request: web.Request) -> bytes:
-    """The request body, limited by the app's client_max_size (--max-body-bytes).
+    """The request body, at most the app's client_max_size (--max-body-bytes).
 
     A small body usually arrives with its headers, and then taking what is buffered
     is much cheaper than aiohttp's general read loop; anything else goes that way.
     """
     length = request.content_length
     content = request.content
-    if length is None:
-        return await request.read()  # chunked: aiohttp enforces the limit while reading
+    if length is None or "Content-Encoding" in request.headers:
+        # Chunked or compressed: aiohttp's loop enforces the limit on what it decodes.
+        return await request.read()
     if length > request.app._client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.app._client_max_size, length)
     body = content.read_nowait()

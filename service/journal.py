@@ -89,7 +89,9 @@ class Journal:
         self._current.max_lsn = max(self._current.max_lsn, max_lsn)
 
     def sync(self) -> None:
-        if self._handle is None or self._current is None:
+        # A failed segment is never synced again: Linux may report success for an
+        # fsync after a failed one without having written anything.
+        if self._handle is None or self._current is None or self.failed:
             return
         try:
             self._handle.sync()
@@ -97,7 +99,7 @@ class Journal:
             self._fail()
             raise
         self._synced_size = self._current.size
-        self._abandoned.clear()  # their markers are durable now
+        self._abandoned.clear()  # any markers were written to this segment, now durable
 
     def rotate(self) -> None:
         """Sync and close the current segment; the next write starts a new one."""
@@ -136,6 +138,17 @@ class Journal:
         if handle is not None:
             handle.close()
 
+    def probe(self) -> None:
+        """After a failure: open a fresh segment (with the abandon markers) and fsync it.
+
+        Raises OSError while the disk still fails; on success writes may resume.
+        """
+        if self.failed or self._handle is None:
+            self._open_fresh()
+        self.sync()
+        if self.failed:
+            raise OSError("the journal segment could not be synced")
+
     def _fail(self) -> None:
         """After a failed write or fsync: never trust this segment past its synced size."""
         self.failed = True
@@ -143,6 +156,21 @@ class Journal:
         if current is None:
             return
         current.size = self._synced_size
+        if self._synced_size == 0 and self.retained and self.retained[-1] is current:
+            # Nothing in it ever became durable: delete it and reuse its number, so a
+            # long outage retried every second cannot pile up segment files.
+            with contextlib.suppress(OSError):
+                self._close()
+            try:
+                self.files.remove(self.path(current.seq))
+            except OSError:
+                pass
+            else:
+                self.retained.pop()
+                self.next_seq = current.seq
+                if current in self._abandoned:
+                    self._abandoned.remove(current)
+                return
         if current not in self._abandoned:
             self._abandoned.append(current)
         # Best effort: cut the unsynced tail off right away, so the rejected writes cannot

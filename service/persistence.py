@@ -9,9 +9,9 @@ Three durability modes (see the README for what each can lose):
   fsynced every ``fsync_interval`` seconds.
 * ``snapshot``: applied at once; only the periodic snapshot persists it.
 
-All file I/O runs on one dedicated thread so the event loop never blocks on the
-disk and journal operations stay in order. The store is only touched on the
-event loop.
+Journal I/O runs on one dedicated thread (so journal operations stay in order)
+and snapshot writing on another (so a long snapshot never delays an fsync); the
+event loop never blocks on the disk. The store is only touched on the event loop.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class _Pending:
     moment: float
     frame: bytes
     future: asyncio.Future[dict[str, Outcome] | bool] | None
+    reserved: int
 
 
 class Persistence:
@@ -74,7 +75,9 @@ class Persistence:
         self.files = files
         self.metrics = metrics
         self.restored = False
-        self._journaled = options.durability is not Durability.SNAPSHOT
+        mode = Durability(options.durability)
+        self._journaled = mode is not Durability.SNAPSHOT
+        self._durable = mode is Durability.FSYNC  # answer only after the fsync
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="process-status-io")
         # Snapshots get a thread of their own: a million-entity snapshot takes about half
         # a second, and journal fsyncs (so durable writes) must not queue behind it.
@@ -90,7 +93,7 @@ class Persistence:
         self._applied_lsn = 0
         self._snapshot_version = -1
         self._snapshot_task: asyncio.Task[None] | None = None
-        self._journal_error: str | None = None
+        self._failure: str | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -108,7 +111,7 @@ class Persistence:
                 self.files, self.options.data_dir, report.next_seq, list(report.retained)
             )
             self.metrics.journal_bytes.set(self._journal.size)
-        if self.options.durability is Durability.BATCH:
+        if self._journaled and not self._durable:
             self._tasks.append(asyncio.create_task(self._sync_periodically()))
         self._tasks.append(asyncio.create_task(self._snapshot_periodically()))
         self.restored = True
@@ -140,32 +143,39 @@ class Persistence:
         """None when writes can be made durable, else why not."""
         if not self.restored:
             return "state is still being restored"
-        if self._journal_error is not None:
-            return self._journal_error
+        if self._failure is not None:
+            return self._failure
         if not os.access(self.options.data_dir, os.W_OK):
             return f"data dir {self.options.data_dir} is not writable"
         return None
 
     # -- writes ----------------------------------------------------------------
 
-    async def submit(self, mutation: Mutation) -> dict[str, Outcome] | bool:
-        """Make `mutation` durable per the mode and apply it; raises WriteFailed."""
+    async def submit(self, mutation: Mutation, reserved: int = 0) -> dict[str, Outcome] | bool:
+        """Make `mutation` durable per the mode and apply it; raises WriteFailed.
+
+        `reserved` entity slots (see StatusStore.reserve) are released once the write
+        is applied or rejected, not when its client goes away.
+        """
         moment = time.time()
         if not self._journaled:
-            return self._apply(mutation, moment)
+            return self._apply(mutation, moment, reserved)
+        if self._durable and self._failure is not None:
+            self.store.release(reserved)
+            raise self._rejection()  # until the probe finds the disk writable again
         lsn = self._next_lsn
         self._next_lsn += 1
         frame = framing.encode(orjson.dumps([lsn, moment, *_encode(mutation)]))
-        if self.options.durability is Durability.BATCH:
-            self._pending.append(_Pending(lsn, mutation, moment, frame, None))
+        if not self._durable:
+            self._pending.append(_Pending(lsn, mutation, moment, frame, None, 0))
             self._kick()
-            result = self._apply(mutation, moment)
+            result = self._apply(mutation, moment, reserved)
             self._applied_lsn = lsn
             return result
         future: asyncio.Future[dict[str, Outcome] | bool] = (
             asyncio.get_running_loop().create_future()
         )
-        self._pending.append(_Pending(lsn, mutation, moment, frame, future))
+        self._pending.append(_Pending(lsn, mutation, moment, frame, future, reserved))
         self._kick()
         # A client that hangs up cancels only this future: the flusher still applies the
         # write (it may already be on disk), it just has nobody to answer.
@@ -178,23 +188,26 @@ class Persistence:
     async def _flush(self) -> None:
         assert self._journal is not None
         journal = self._journal
-        durable = self.options.durability is Durability.FSYNC
+        durable = self._durable
         while self._pending:
             async with self._io_lock:
                 batch, self._pending = self._pending, []
+                if durable and self._failure is not None:
+                    self._reject(batch)
+                    continue
                 data = b"".join(item.frame for item in batch)
                 started = time.perf_counter()
                 try:
                     await self._run_io(_write, journal, data, batch[-1].lsn, durable)
                 except OSError as exc:
-                    self._fail_batch(batch, exc)
+                    self._failed(exc, len(batch))
+                    self._reject(batch)
                     continue
                 if durable:
                     self.metrics.journal_fsync_duration.observe(time.perf_counter() - started)
                     self.metrics.journal_batch_size.observe(len(batch))
-                    self._journal_error = None
                     for item in batch:
-                        result = self._apply(item.mutation, item.moment)
+                        result = self._apply(item.mutation, item.moment, item.reserved)
                         if item.future is not None and not item.future.done():
                             item.future.set_result(result)
                     self._applied_lsn = batch[-1].lsn
@@ -202,39 +215,72 @@ class Persistence:
             if journal.size > self.options.journal_max_bytes:
                 self._start_snapshot()
 
-    def _fail_batch(self, batch: list[_Pending], exc: OSError) -> None:
+    def _failed(self, exc: OSError, writes: int) -> None:
+        """A journal write or fsync failed: stop trusting the journal until a probe passes."""
         self.metrics.journal_failures.inc()
-        self._journal_error = f"journal write failed: {exc}"
-        log.error("journal write failed; %d writes rejected, the next write opens a fresh "
-                  "segment: %s", len(batch), exc)
-        failure = WriteFailed(
-            f"the journal in {self.options.data_dir} could not be written ({exc.strerror or exc});"
-            " the write was not applied. Free disk space or fix the volume, then retry"
+        first = self._failure is None
+        self._failure = f"journal write or fsync failed: {exc}"
+        if self._durable:
+            log.error("journal write failed; %d writes rejected; writes are answered 503 "
+                      "until a fresh segment can be synced: %s", writes, exc)
+        else:
+            log.error("journal write or fsync failed; acknowledged writes since the last "
+                      "good fsync are only in memory until the next snapshot: %s", exc)
+        if first:
+            self._tasks.append(asyncio.create_task(self._probe()))
+
+    def _rejection(self) -> WriteFailed:
+        return WriteFailed(
+            f"the journal in {self.options.data_dir} cannot be written ({self._failure}); "
+            "the write was not applied. Free disk space or fix the volume; writes resume "
+            "on their own once the disk accepts them again"
         )
+
+    def _reject(self, batch: list[_Pending]) -> None:
+        failure = self._rejection()
         for item in batch:
+            self.store.release(item.reserved)
             if item.future is not None and not item.future.done():
                 item.future.set_exception(failure)
+
+    async def _probe(self) -> None:
+        """While the journal is failed: retry a fresh segment every second until it syncs."""
+        assert self._journal is not None
+        while self._failure is not None:
+            await asyncio.sleep(min(1.0, self.options.fsync_interval))
+            async with self._io_lock:
+                try:
+                    await self._run_io(self._journal.probe)
+                except OSError as exc:
+                    log.warning("journal still failing: %s", exc)
+                    continue
+                self._failure = None
+            log.info("journal writable again; accepting writes")
+            if not self._durable:
+                # Acknowledged writes that missed the journal are only in memory.
+                self._start_snapshot()
 
     async def _sync_periodically(self) -> None:
         assert self._journal is not None
         journal = self._journal
         while True:
             await asyncio.sleep(self.options.fsync_interval)
+            if self._failure is not None:
+                continue  # the probe owns the journal until it recovers
             async with self._io_lock:
                 started = time.perf_counter()
                 try:
                     await self._run_io(journal.sync)
                 except OSError as exc:
-                    self.metrics.journal_failures.inc()
-                    self._journal_error = f"journal fsync failed: {exc}"
-                    log.error("journal fsync failed; writes since the last fsync may be lost "
-                              "at a crash, the next write opens a fresh segment: %s", exc)
+                    self._failed(exc, 0)
                     continue
-                self._journal_error = None
                 self.metrics.journal_fsync_duration.observe(time.perf_counter() - started)
 
-    def _apply(self, mutation: Mutation, moment: float) -> dict[str, Outcome] | bool:
+    def _apply(
+        self, mutation: Mutation, moment: float, reserved: int = 0
+    ) -> dict[str, Outcome] | bool:
         result = self.store.apply(mutation, moment)
+        self.store.release(reserved)
         if isinstance(result, dict):
             advanced = 0
             for outcome in result.values():
@@ -263,10 +309,12 @@ class Persistence:
             # below it, which replay skips).
             version, lsn = self.store.version, self._applied_lsn
             entries, names = self.store.capture()
+            # Rotated just now: every record after `lsn` lands in this segment or later.
+            next_segment = self._journal.next_seq if self._journal is not None else 0
         try:
             size = await asyncio.get_running_loop().run_in_executor(
                 self._snapshot_io, snapshot.write, self.files, self.options.data_dir, entries,
-                names, lsn,
+                names, lsn, next_segment,
             )
         except OSError as exc:
             self.metrics.snapshot_failures.inc()

@@ -80,13 +80,39 @@ def _recover(
     except snapshot.SnapshotError as exc:
         raise RecoveryError(str(exc)) from exc
     store.restore(loaded.entries if loaded is not None else {})
+    first_needed = 1  # the oldest segment the state on disk cannot do without
     if loaded is not None:
         report.snapshot_entities = len(loaded.entries)
         report.snapshot_lsn = report.last_lsn = loaded.lsn
         report.snapshot_created_at = loaded.created_at
+        first_needed = loaded.next_segment
+    _check_nothing_missing(files, data_dir, loaded is not None, first_needed)
     _replay(files, data_dir, store, report, repair, warn)
+    report.next_seq = max(report.next_seq, first_needed)
     store.finish_restore()
     return report
+
+
+def _check_nothing_missing(
+    files: Files, data_dir: str, has_snapshot: bool, first_needed: int
+) -> None:
+    """Refuse when journal segments that no snapshot covers have disappeared.
+
+    Segments are only deleted once a snapshot covers them, so without a snapshot the
+    journal must start at segment 1, and after one it must continue at the segment
+    the snapshot names. Otherwise records are gone (a deleted snapshot, say) and
+    starting would serve older timestamps than were acknowledged.
+    """
+    if not first_needed:
+        return  # a snapshot written without a journal (--durability snapshot)
+    later = [seq for seq in journal.list_segments(files, data_dir) if seq >= first_needed]
+    if later and later[0] != first_needed:
+        where = "the snapshot" if has_snapshot else "a snapshot (there is none)"
+        raise RecoveryError(
+            f"journal segment {journal.segment_name(first_needed)} is missing in {data_dir}, "
+            f"but {journal.segment_name(later[0])} exists: the records between {where} and "
+            "it are gone. Restore the missing files from a backup"
+        )
 
 
 def _replay(
@@ -115,7 +141,7 @@ def _replay(
             if not (damage.torn and last and seq not in valid_bytes):
                 raise RecoveryError(
                     f"journal {path} is corrupt at byte offset {damage.offset}: {damage.reason}. "
-                    "Records after it would be lost; restore the file or move it away knowingly"
+                    "Records after it would be lost; restore the file from a backup"
                 )
             warn(f"journal {path}: cut off a torn record at byte offset {damage.offset} "
                  f"({damage.reason}), left by a crash during a write")

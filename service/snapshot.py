@@ -5,6 +5,7 @@ document:
 
     frame 0      header  {"format": "process-status-snapshot", "version": 1,
                           "lsn": <last journal record covered>, "entities": <count>,
+                          "segment": <first journal segment it does not cover, 0: none>,
                           "created_at": "<RFC 3339>"}
     frames 1..k  chunk   {"e": [names...], "t": [timestamps...], "u": [updated_at...]}
     frame k+1    trailer {"end": true, "entities": <count>}
@@ -51,18 +52,23 @@ class Snapshot:
     entries: dict[str, Entry]
     lsn: int
     created_at: str
+    next_segment: int
+    """Journal records after `lsn` are in this segment and the ones after it (0: no journal)."""
 
 
 def path_in(data_dir: str) -> str:
     return os.path.join(data_dir, FILENAME)
 
 
-def encode_frames(entries: dict[str, Entry], names: list[str], lsn: int) -> Iterator[bytes]:
+def encode_frames(
+    entries: dict[str, Entry], names: list[str], lsn: int, next_segment: int = 0
+) -> Iterator[bytes]:
     """Yield the file's frames one chunk at a time, in `names` order (call from a thread)."""
     header = {
         "format": FORMAT,
         "version": VERSION,
         "lsn": lsn,
+        "segment": next_segment,
         "entities": len(entries),
         "created_at": rfc3339(time.time()),
     }
@@ -77,7 +83,12 @@ def encode_frames(entries: dict[str, Entry], names: list[str], lsn: int) -> Iter
 
 
 def write(
-    files: Files, data_dir: str, entries: dict[str, Entry], names: list[str], lsn: int
+    files: Files,
+    data_dir: str,
+    entries: dict[str, Entry],
+    names: list[str],
+    lsn: int,
+    next_segment: int = 0,
 ) -> int:
     """Atomically replace the snapshot; returns its size in bytes. Blocking: run in a thread."""
     target = path_in(data_dir)
@@ -85,7 +96,7 @@ def write(
     handle = files.create(temp)
     size = 0
     try:
-        for frame in encode_frames(entries, names, lsn):
+        for frame in encode_frames(entries, names, lsn, next_segment):
             handle.write(frame)
             size += len(frame)
         handle.sync()
@@ -116,7 +127,8 @@ def decode(path: str, raw: bytes) -> Snapshot:
     if damage is not None:
         raise SnapshotError(
             f"snapshot {path} is corrupt at byte offset {damage.offset}: {damage.reason}. "
-            "Restore it from a backup or move it away to start from the journal alone"
+            "Restore it from a backup; without it the journal alone would start the "
+            "service older than what it acknowledged"
         )
     if len(frames) < 2:
         raise SnapshotError(f"snapshot {path} is corrupt: it has no header or no trailer")
@@ -146,7 +158,8 @@ def decode(path: str, raw: bytes) -> Snapshot:
         raise SnapshotError(
             f"snapshot {path} is corrupt: header says {count} entities, found {len(entries)}"
         )
-    return Snapshot(entries, int(header["lsn"]), str(header["created_at"]))
+    return Snapshot(entries, int(header["lsn"]), str(header["created_at"]),
+                    int(header.get("segment", 0)))
 
 
 def remove_leftovers(files: Files, data_dir: str) -> list[str]:
