@@ -206,10 +206,13 @@ class Persistence:
                 if durable:
                     self.metrics.journal_fsync_duration.observe(time.perf_counter() - started)
                     self.metrics.journal_batch_size.observe(len(batch))
-                    for item in batch:
-                        result = self._apply(item.mutation, item.moment, item.reserved)
-                        if item.future is not None and not item.future.done():
-                            item.future.set_result(result)
+                    # Writers first, then the waiters their writes release: all in this
+                    # same loop turn, the moment the batch becomes visible.
+                    with self.store.holding_notifications():
+                        for item in batch:
+                            result = self._apply(item.mutation, item.moment, item.reserved)
+                            if item.future is not None and not item.future.done():
+                                item.future.set_result(result)
                     self._applied_lsn = batch[-1].lsn
                 self.metrics.journal_bytes.set(journal.size)
             if journal.size > self.options.journal_max_bytes:

@@ -8,6 +8,7 @@ once); the store only decides *what* applying it means.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
@@ -61,6 +62,7 @@ class StatusStore:
         self._reserved = 0
         self._restoring = False
         self._listeners: list[Callable[[str, int], None]] = []
+        self._held: list[tuple[str, int]] | None = None
         self.version = 0
         """Counts applied mutations, so a snapshotter can tell whether anything changed."""
 
@@ -133,6 +135,22 @@ class StatusStore:
         """Call `listener(entity, new_ts)` whenever an entity advances."""
         self._listeners.append(listener)
 
+    @contextlib.contextmanager
+    def holding_notifications(self) -> Iterator[None]:
+        """Tell listeners about advances at the end of the block instead of during it.
+
+        Still synchronous (the same event-loop turn), but it lets a group commit
+        answer its writers before ten thousand released waiters queue up ahead of them.
+        """
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for entity, timestamp in held:
+                for listener in self._listeners:
+                    listener(entity, timestamp)
+
     def apply(self, mutation: Mutation, now: float) -> dict[str, Outcome] | bool:
         """Apply a mutation. Record -> outcomes per entity; Delete/Reset -> whether it existed."""
         self.version += 1
@@ -174,8 +192,11 @@ class StatusStore:
                 continue
             entries[entity] = (timestamp, now)
             outcomes[entity] = Outcome(timestamp, True)
-            for listener in self._listeners:
-                listener(entity, timestamp)
+            if self._held is not None:
+                self._held.append((entity, timestamp))
+            else:
+                for listener in self._listeners:
+                    listener(entity, timestamp)
         if created and not self._restoring:
             self._index(created)
         return outcomes

@@ -124,3 +124,17 @@ def test_listeners_hear_only_advances() -> None:
     store.apply(Record({"a": 3}), 1.0)
     store.apply(Record({"a": 7, "b": 1}), 1.0)
     assert heard == [("a", 5), ("a", 7), ("b", 1)]
+
+
+def test_held_notifications_arrive_at_the_end_of_the_block_in_order() -> None:
+    store = StatusStore(10)
+    heard: list[tuple[str, int]] = []
+    store.subscribe(lambda entity, ts: heard.append((entity, ts)))
+    with store.holding_notifications():
+        store.apply(Record({"a": 1}), 1.0)
+        store.apply(Record({"b": 2, "a": 3}), 1.0)
+        assert heard == []
+        assert store.get("a") == (3, 1.0)  # visible at once, only the telling waits
+    assert heard == [("a", 1), ("b", 2), ("a", 3)]
+    store.apply(Record({"c": 1}), 1.0)
+    assert heard[-1] == ("c", 1)
