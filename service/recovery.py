@@ -159,7 +159,10 @@ def _replay(
                     f"journal {path} is corrupt at byte offset {offset}: record {lsn} is out "
                     f"of order (after {report.last_lsn})"
                 )
-            store.apply(mutation, moment)
+            if isinstance(mutation, Record):
+                store.replay(mutation.updates, moment)
+            else:
+                store.apply(mutation, moment)
             report.last_lsn = lsn
             report.replayed += 1
         report.segments.append((name, len(raw[seq]), len(frames)))

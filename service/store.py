@@ -173,6 +173,17 @@ class StatusStore:
         self._entries = entries
         self._restoring = True
 
+    def replay(self, updates: Mapping[str, int], now: float) -> None:
+        """Apply a journal record during a restore: the max-merge of `Record`, without the
+        per-entity outcomes and notifications nobody is waiting for yet."""
+        assert self._restoring
+        entries = self._entries
+        for entity, timestamp in updates.items():
+            entry = entries.get(entity)
+            if entry is None or entry[0] < timestamp:
+                entries[entity] = (timestamp, now)
+        self.version += 1
+
     def finish_restore(self) -> None:
         # Near-sorted input (the snapshot is in name order; replayed names trail it):
         # timsort merges the runs in about linear time.
