@@ -32,9 +32,7 @@ class GateView:
         self.retry_after = str(settings.retry_after)
         self.store = store
         self.waiters = waiters
-        self._processed = metrics.check("processed", "gate")
-        self._not_processed = metrics.check("not_processed", "gate")
-        self._timeout = metrics.check("timeout", "gate")
+        self._counted = metrics.decisions("gate")
         self._wait_duration = metrics.wait_duration
 
     async def gate(self, request: web.Request) -> web.Response:
@@ -57,14 +55,14 @@ class GateView:
                 done, last = self.store.processed(entity, timestamp)
             if not done:
                 if waited:
-                    self._timeout()
+                    self._counted.timeout()
                     self._wait_duration.observe(self.wait)
                 else:
-                    self._not_processed()
+                    self._counted.not_processed()
                 raise self._too_early(entity, timestamp, last)
         if waited:
             self._wait_duration.observe(self.wait - max(0.0, deadline - time.monotonic()))
-        self._processed()
+        self._counted.processed()
         return web.Response(status=200)
 
     def _too_early(self, entity: str, timestamp: int, last: int | None) -> Problem:

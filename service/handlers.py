@@ -48,9 +48,7 @@ class StatusViews:
         self.store = store
         self.persistence = persistence
         self.waiters = waiters
-        self._processed = metrics.check("processed", "api")
-        self._not_processed = metrics.check("not_processed", "api")
-        self._timeout = metrics.check("timeout", "api")
+        self._counted = metrics.decisions("api")
         self._wait_duration = metrics.wait_duration
 
     async def put_status(self, request: web.Request) -> web.Response:
@@ -112,14 +110,16 @@ class StatusViews:
         timestamp = _timestamp(_plus_in_query(raw) if " " in raw else raw, "ts")
         wait = self._wait_seconds(query["wait"]) if "wait" in query else 0.0
         done, last = self.store.processed(entity, timestamp)
-        if not done and wait > 0:
+        waited = not done and wait > 0
+        if waited:
             done, last = await self._wait(entity, timestamp, wait)
-            if not done:
-                self._timeout()
+        # One result per decision: processed, or not (at once, or when the wait ran out).
         if done:
-            self._processed()
+            self._counted.processed()
+        elif waited:
+            self._counted.timeout()
         else:
-            self._not_processed()
+            self._counted.not_processed()
         return json_response({"entity": entity, "timestamp": timestamp, "processed": done,
                               "last_processed": last})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import (
@@ -110,9 +111,19 @@ class Metrics:
         )
         registry.register(EntityCollector(store, entity_limit))
 
-    def check(self, result: str, source: str) -> Callable[[], None]:
-        """A zero-argument incrementer for one (result, source) decision."""
-        return partial(self.checks.inc, (result, source))
+    def decisions(self, source: str) -> Decisions:
+        """Zero-argument incrementers for each processed? result asked by `source`."""
+        inc = self.checks.inc
+        return Decisions(partial(inc, ("processed", source)),
+                         partial(inc, ("not_processed", source)),
+                         partial(inc, ("timeout", source)))
+
+
+class Decisions(NamedTuple):
+    processed: Callable[[], None]
+    not_processed: Callable[[], None]
+    timeout: Callable[[], None]
+    """The wait ran out before the entity got there."""
 
 
 class EntityCollector(Collector):

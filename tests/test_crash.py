@@ -23,12 +23,12 @@ import fcntl
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 from tests.fakefiles import eventually
+from tests.ledger import Ledger
 from tests.servers import ServeProcess, start_serve
 
 ROUNDS = int(os.environ.get("PROCESS_STATUS_CRASH_ROUNDS", "10"))
@@ -37,33 +37,6 @@ ENTITIES = 300
 BATCH = 5
 """Every fourth writer sends batch POSTs of this many entities instead of PUTs."""
 FREQUENT_SNAPSHOTS = ("--snapshot-interval", "0.15", "--journal-max-bytes", "16384")
-
-
-@dataclass
-class Ledger:
-    sent: dict[str, int] = field(default_factory=dict)
-    acked: dict[str, int] = field(default_factory=dict)
-    next_value: int = 1
-    acks: int = 0
-    unexpected: list[str] = field(default_factory=list)
-
-    def take(self, entity: str) -> int:
-        value = self.next_value
-        self.next_value += 1
-        self.sent[entity] = max(self.sent.get(entity, 0), value)
-        return value
-
-    def ack(self, entity: str, value: int) -> None:
-        self.acked[entity] = max(self.acked.get(entity, 0), value)
-        self.acks += 1
-
-    def never_above_sent(self, found: dict[str, int]) -> list[str]:
-        return [f"{entity}={value} but at most {self.sent.get(entity)} was sent"
-                for entity, value in found.items() if value > self.sent.get(entity, 0)]
-
-    def lost(self, found: dict[str, int]) -> list[str]:
-        return [f"{entity}: acknowledged {value}, recovered {found.get(entity)}"
-                for entity, value in self.acked.items() if found.get(entity, 0) < value]
 
 
 async def writer(session: aiohttp.ClientSession, url: str, ledger: Ledger, rng: random.Random,

@@ -12,7 +12,7 @@ import asyncio
 import errno
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from service.persistence import Durability, Persistence
 from service.recovery import RecoveryError, recover
 from service.store import StatusStore
 from tests.fakefiles import FakeFiles, eventually
+from tests.ledger import Ledger
 
 AppClient = TestClient[web.Request, web.Application]
 Start = Callable[..., Awaitable[AppClient]]
@@ -160,29 +161,6 @@ async def test_concurrent_writes_share_the_next_fsync(start: Start, fake: FakeFi
 
 # -- simulated power loss under load ---------------------------------------------
 
-@dataclass
-class Ledger:
-    sent: dict[str, int] = field(default_factory=dict)
-    acked: dict[str, int] = field(default_factory=dict)
-    next_value: int = 1
-    unexpected: list[str] = field(default_factory=list)
-
-    def take(self, entity: str) -> int:
-        value = self.next_value
-        self.next_value += 1
-        self.sent[entity] = max(self.sent.get(entity, 0), value)
-        return value
-
-    def ack(self, entity: str, value: int) -> None:
-        self.acked[entity] = max(self.acked.get(entity, 0), value)
-
-    def check(self, found: dict[str, int]) -> None:
-        for entity, value in self.acked.items():
-            assert found.get(entity, 0) >= value, f"{entity}: acknowledged {value}, got {found}"
-        for entity, value in found.items():
-            assert value <= self.sent.get(entity, 0), f"{entity}={value} was never sent"
-
-
 async def write_until(client: AppClient, ledger: Ledger, rng: random.Random, entities: int,
                       stop: asyncio.Event) -> None:
     while not stop.is_set():
@@ -206,7 +184,9 @@ async def test_power_loss_keeps_every_acknowledged_write(
         # Frequent snapshots and a small journal, so the crash also lands in rotations,
         # snapshot renames and segment deletions.
         client = await start(fake, snapshot_interval=0.03, journal_max_bytes=3000)
-        ledger.check(await state(client))
+        found = await state(client)
+        assert ledger.lost(found) == []
+        assert ledger.never_above_sent(found) == []
         stop = asyncio.Event()
         writers = [
             asyncio.create_task(write_until(client, ledger, random.Random(rng.random()), 300,
@@ -223,7 +203,9 @@ async def test_power_loss_keeps_every_acknowledged_write(
         # Acks after the crash came from the old, doomed file system: forget them.
         ledger.acked = acked_before_crash
         fake = survivor
-        ledger.check(recovered(fake, settings.data_dir))
+        found = recovered(fake, settings.data_dir)
+        assert ledger.lost(found) == []
+        assert ledger.never_above_sent(found) == []
     assert len(ledger.acked) > 50, f"too few acknowledged writes to mean anything (seed {seed})"
 
 

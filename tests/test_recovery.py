@@ -7,6 +7,7 @@ Data dirs are built byte by byte from the formats documented in `framing`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -312,7 +313,12 @@ def test_missing_middle_segment_refuses_recovery(tmp_path: Path) -> None:
 # -- the journal stays bounded -----------------------------------------------------------
 
 def journal_files(data_dir: Path) -> dict[str, int]:
-    return {path.name: path.stat().st_size for path in data_dir.glob("journal-*.log")}
+    """Sizes of the journal segments; a running service may delete one while we look."""
+    sizes: dict[str, int] = {}
+    for path in data_dir.glob("journal-*.log"):
+        with contextlib.suppress(FileNotFoundError):
+            sizes[path.name] = path.stat().st_size
+    return sizes
 
 
 async def test_a_snapshot_deletes_the_segments_it_covers(
