@@ -107,12 +107,16 @@ class Journal:
             self.sync()
             self._close()
 
-    def drop_covered(self, lsn: int) -> list[str]:
-        """Delete closed segments whose every record is covered by a snapshot at `lsn`."""
+    def drop_covered(self, lsn: int, next_segment: int) -> list[str]:
+        """Delete closed segments whose every record is covered by a snapshot at `lsn`.
+
+        Segments from `next_segment` (the first the snapshot does not cover) on are
+        kept whatever they hold: recovery checks that one is there.
+        """
         removed: list[str] = []
         while self.retained and self.retained[0] is not self._current:
             oldest = self.retained[0]
-            if oldest.max_lsn > lsn or oldest in self._abandoned:
+            if oldest.max_lsn > lsn or oldest in self._abandoned or oldest.seq >= next_segment:
                 break
             self.files.remove(self.path(oldest.seq))
             self.retained.pop(0)

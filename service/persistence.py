@@ -332,7 +332,7 @@ class Persistence:
         if self._journal is not None:
             async with self._io_lock:
                 try:
-                    await self._run_io(self._journal.drop_covered, lsn)
+                    await self._run_io(self._journal.drop_covered, lsn, next_segment)
                 except OSError as exc:
                     log.error("could not delete journal segments covered by the snapshot: %s", exc)
                 self.metrics.journal_bytes.set(self._journal.size)

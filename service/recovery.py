@@ -87,7 +87,7 @@ def _recover(
         report.snapshot_created_at = loaded.created_at
         first_needed = loaded.next_segment
     _check_nothing_missing(files, data_dir, loaded is not None, first_needed)
-    _replay(files, data_dir, store, report, repair, warn)
+    _replay(files, data_dir, store, report, repair, warn, first_needed)
     report.next_seq = max(report.next_seq, first_needed)
     store.finish_restore()
     return report
@@ -122,6 +122,7 @@ def _replay(
     report: Report,
     repair: bool,
     warn: Callable[[str], None],
+    first_needed: int,
 ) -> None:
     seqs = journal.list_segments(files, data_dir)
     raw = {seq: files.read(os.path.join(data_dir, journal.segment_name(seq))) for seq in seqs}
@@ -168,15 +169,20 @@ def _replay(
         report.segments.append((name, len(raw[seq]), len(frames)))
         report.retained.append(segment)
     if repair:
-        _drop_covered(files, data_dir, report)
+        _drop_covered(files, data_dir, report, first_needed)
     report.next_seq = (seqs[-1] + 1) if seqs else 1
 
 
-def _drop_covered(files: Files, data_dir: str, report: Report) -> None:
+def _drop_covered(files: Files, data_dir: str, report: Report, first_needed: int) -> None:
     """Delete the oldest segments the snapshot fully covers (left by a crash between a
-    snapshot and the deletion of what it covers). Only a prefix: deleting a later
-    segment could delete the abandon marker for an earlier, kept one."""
-    while report.retained and report.retained[0].max_lsn <= report.snapshot_lsn:
+    snapshot and the deletion of what it covers).
+
+    Only a prefix: deleting a later segment could delete the abandon marker for an
+    earlier, kept one. And never the segment the snapshot says comes next, even when
+    it holds nothing newer (say it is empty): the next start checks it is there.
+    """
+    while report.retained and report.retained[0].max_lsn <= report.snapshot_lsn and \
+            (not first_needed or report.retained[0].seq < first_needed):
         name = journal.segment_name(report.retained.pop(0).seq)
         files.remove(os.path.join(data_dir, name))
         report.removed.append(name)

@@ -43,10 +43,12 @@ def segment(data_dir: Path, seq: int, *frames: bytes) -> Path:
     return path
 
 
-def write_snapshot(data_dir: Path, entries: dict[str, int], lsn: int) -> Path:
+def write_snapshot(
+    data_dir: Path, entries: dict[str, int], lsn: int, next_segment: int = 0
+) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     rows = {name: (value, MOMENT) for name, value in entries.items()}
-    snapshot.write(OsFiles(), str(data_dir), rows, sorted(rows), lsn)
+    snapshot.write(OsFiles(), str(data_dir), rows, sorted(rows), lsn, next_segment)
     return data_dir / snapshot.FILENAME
 
 
@@ -370,3 +372,34 @@ async def test_journal_never_grows_past_a_small_journal_max_bytes(tmp_path: Path
         await asyncio.to_thread(server.kill_all)
     found, _, _ = load(data_dir, repair=False)
     assert found == sent
+
+
+def test_a_lost_snapshot_with_the_journal_left_behind_refuses_to_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    # Segments 1-2 were deleted once a snapshot covered them; then the snapshot went.
+    segment(data_dir, 3, record(8, {"b": 7}))
+    with pytest.raises(RecoveryError, match=r"journal-0000000001\.log is missing"):
+        load(data_dir)
+
+
+def test_a_missing_segment_after_the_snapshot_refuses_to_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_snapshot(data_dir, {"a": 5}, lsn=5, next_segment=3)
+    segment(data_dir, 4, record(7, {"a": 9}))  # segment 3, with lsn 6, is gone
+    with pytest.raises(RecoveryError, match=r"journal-0000000003\.log is missing"):
+        load(data_dir)
+
+
+def test_the_segment_after_the_snapshot_is_kept_even_when_empty(tmp_path: Path) -> None:
+    """Regression: recovery deleted an empty segment the snapshot named as next, and the
+    start after that refused with "segment is missing" (found by the crash harness)."""
+    data_dir = tmp_path / "data"
+    write_snapshot(data_dir, {"a": 5}, lsn=5, next_segment=3)
+    segment(data_dir, 3)  # opened, then the process was killed before any write
+    found, report, _ = load(data_dir)
+    assert found == {"a": 5}
+    assert (data_dir / journal.segment_name(3)).exists()
+    assert report.next_seq == 4
+    segment(data_dir, 4, record(6, {"a": 6}))  # what the restarted service wrote
+    found, _, _ = load(data_dir)
+    assert found == {"a": 6}
