@@ -80,13 +80,17 @@ def start_serve(
     *args: str,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    bind_host: str = "127.0.0.1",
 ) -> ServeProcess:
-    """Start `process-status serve` in its own process group on free ports."""
+    """Start `process-status serve` in its own process group on free ports.
+
+    `bind_host` may be a wildcard ("0.0.0.0"); the tests still talk to 127.0.0.1 only.
+    """
     port, metrics_port = free_port(), free_port()
-    log_path = data_dir.parent / f"serve-{port}.log"
+    log_path = data_dir.parent / f"serve-{port}-{time.monotonic_ns()}.log"
     command = [
         str(EXECUTABLE), "serve",
-        "--bind", f"127.0.0.1:{port}",
+        "--bind", f"{bind_host}:{port}",
         "--metrics-bind", f"127.0.0.1:{metrics_port}",
         "--data-dir", str(data_dir),
         *args,
@@ -110,9 +114,10 @@ def start_serve(
 
 @contextlib.contextmanager
 def serving(
-    data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+    data_dir: Path, *args: str, env: Mapping[str, str] | None = None,
+    bind_host: str = "127.0.0.1",
 ) -> Iterator[ServeProcess]:
-    server = start_serve(data_dir, *args, env=env)
+    server = start_serve(data_dir, *args, env=env, bind_host=bind_host)
     try:
         yield server
     finally:

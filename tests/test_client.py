@@ -234,7 +234,7 @@ async def test_wait_processed_is_released_by_a_concurrent_record(
     started = time.monotonic()
     await api.record("wait.posts", TS + 1)
     assert await asyncio.wait_for(waiting, 5) is True
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 4.0  # released by the write, not the 5 s wait
     assert await api.wait_processed("wait.posts", TS, timeout=10) is True  # already there
 
 
@@ -329,7 +329,7 @@ async def test_middleware_lets_a_request_through_when_processed_during_the_wait(
     await api.record("mw.during", TS)
     response = await asyncio.wait_for(pending, 5)
     assert response.status == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 4.0  # released by the write, not the 5 s wait
 
 
 async def test_middleware_rejects_malformed_tokens_with_400(

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from service import journal
-from service.app import create_app, persistence_key
+from service.app import create_app, persistence_key, waiters_key
 from service.config import Settings
 from service.persistence import Durability, Persistence
 from service.recovery import RecoveryError, recover
@@ -134,6 +134,32 @@ async def test_no_answer_and_no_visibility_until_fsync_completes(
     assert await state(client) == after
 
 
+async def test_waiters_are_not_released_before_the_fsync(
+    start: Start, fake: FakeFiles, settings: Settings
+) -> None:
+    """A long-poll or a gate released early would let a read through for a write a power
+    loss can still erase."""
+    client = await start(fake, gate_wait=5.0)
+    assert (await client.put("/status/a", json={"timestamp": 1})).status == 200
+    poll = asyncio.create_task(
+        client.get("/status/a/processed", params={"ts": "2", "wait": "5"}))
+    gate = asyncio.create_task(
+        client.post("/gate/x", headers={"X-Event-Streamex-Entity-Timestamp": "a/2"}))
+    await eventually(lambda: client.app[waiters_key].count == 2, "two parked waiters")
+    hold = fake.hold("sync", match=SEGMENT)
+    write = asyncio.create_task(client.put("/status/a", json={"timestamp": 2}))
+    await hold.wait_entered()
+    await asyncio.sleep(0.05)
+    assert not poll.done(), "long-poll released while the write's fsync was still running"
+    assert not gate.done(), "gate let the read through before the write was durable"
+    assert recovered(fake.crash(), settings.data_dir) == {"a": 1}  # a power loss now
+
+    hold.release()
+    assert (await asyncio.wait_for(write, 10)).status == 200
+    assert (await (await asyncio.wait_for(poll, 10)).json())["processed"] is True
+    assert (await asyncio.wait_for(gate, 10)).status == 200
+
+
 async def test_concurrent_writes_share_the_next_fsync(start: Start, fake: FakeFiles) -> None:
     registry = CollectorRegistry()
     client = await start(fake, registry=registry)
@@ -193,7 +219,9 @@ async def test_power_loss_keeps_every_acknowledged_write(
                                             stop))
             for _ in range(16)
         ]
-        await asyncio.sleep(rng.uniform(0.02, 0.25))
+        wanted = ledger.acks + 10  # some acknowledged writes, so each round can lose some
+        await eventually(lambda wanted=wanted: ledger.acks >= wanted, "10 acknowledged writes")
+        await asyncio.sleep(rng.uniform(0.0, 0.2))
         survivor = fake.crash()
         acked_before_crash = dict(ledger.acked)
         stop.set()

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from service.app import waiters_key
 from tests.conftest import AppClient
 
 MakeClient = Callable[..., Awaitable[AppClient]]
@@ -55,7 +56,11 @@ async def test_all_tokens_must_be_processed(client: AppClient) -> None:
 async def test_token_processed_during_the_wait_passes(make_client: MakeClient) -> None:
     client = await make_client(gate_wait=2.0)
     gate = asyncio.create_task(client.get("/gate", headers={HEADER: "posts/10"}))
-    await asyncio.sleep(0.1)
+    for _ in range(200):  # until the gate is really parked on the entity
+        await asyncio.sleep(0.01)
+        if client.app[waiters_key].count == 1:
+            break
+    assert client.app[waiters_key].count == 1
     assert not gate.done()
     await client.put("/status/posts", json={"timestamp": 10})
     assert (await gate).status == 200
@@ -79,3 +84,22 @@ async def test_custom_token_header(make_client: MakeClient) -> None:
     client = await make_client(token_header="X-Read-After", gate_wait=0)
     assert (await client.get("/gate", headers={"X-Read-After": "posts/1"})).status == 425
     assert (await client.get("/gate", headers={HEADER: "posts/1"})).status == 200
+
+
+async def test_gate_never_needs_a_write_token(make_client: MakeClient) -> None:
+    # Envoy forwards the client's own method; no gateway holds a write token.
+    client = await make_client(write_tokens=("w" * 32,))
+    await client.put("/status/posts", json={"timestamp": 10},
+                     headers={"Authorization": "Bearer " + "w" * 32})
+    for method in ("POST", "PUT", "DELETE"):
+        response = await client.request(method, "/gate/api/posts",
+                                        headers={HEADER: "posts/10"})
+        assert response.status == 200, method
+
+
+async def test_gate_waits_the_configured_time_before_425(make_client: MakeClient) -> None:
+    client = await make_client(gate_wait=0.2)
+    started = asyncio.get_running_loop().time()
+    response = await client.get("/gate", headers={HEADER: "posts/1"})
+    assert response.status == 425
+    assert asyncio.get_running_loop().time() - started >= 0.19

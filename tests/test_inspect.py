@@ -44,7 +44,7 @@ def healthy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for index in range(30):
             put(server.url, f"e{index:02d}", 100 + index)
         assert server.stop() == 0
-    with serving(data_dir) as server:
+    with serving(data_dir, "--snapshot-interval", "3600") as server:
         for index in range(20):
             put(server.url, f"f{index:02d}", 200 + index)
         put(server.url, "e00", 999)

@@ -7,12 +7,21 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import orjson
 
-from tests.servers import EXECUTABLE, ROOT, free_port, request, serving, start_serve
+from tests.servers import (
+    EXECUTABLE,
+    ROOT,
+    ServeProcess,
+    free_port,
+    request,
+    serving,
+    start_serve,
+)
 
 TS = 1422057007123000
 
@@ -175,3 +184,83 @@ def test_second_instance_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PROCESS_STATUS_")}
+
+
+def test_sigterm_with_a_parked_long_poll_answers_it_and_snapshots(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serving(data, "--durability", "snapshot", "--snapshot-interval", "3600") as server:
+        assert put(server.url, "posts", 5) == 200
+        answers: list[tuple[int, bytes]] = []
+        poll = threading.Thread(target=lambda: answers.append(request(
+            "GET", f"{server.url}/status/posts/processed?ts=9&wait=30", timeout=60)[::2]))
+        poll.start()
+        wait_for_metric(server, "process_status_waiters", 1)
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 15  # far inside gunicorn's graceful timeout
+        poll.join(10)
+        assert answers
+        assert answers[0][0] == 200
+        assert orjson.loads(answers[0][1])["processed"] is False
+    with serving(data, "--durability", "snapshot") as server:
+        assert orjson.loads(request("GET", f"{server.url}/status/posts")[2])["timestamp"] == 5
+
+
+def test_snapshot_mode_snapshots_periodically_and_only_when_changed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serving(data, "--durability", "snapshot", "--snapshot-interval", "0.2") as server:
+        assert put(server.url, "posts", 5) == 200
+        first = wait_for_metric(server, "process_status_snapshot_last_success_timestamp_seconds",
+                                1)
+        time.sleep(0.6)  # three more intervals with nothing changed
+        assert metric(server, "process_status_snapshot_last_success_timestamp_seconds") == first
+        assert put(server.url, "posts", 6) == 200
+        wait_for_metric(server, "process_status_snapshot_last_success_timestamp_seconds",
+                        first + 1e-6)
+        server.kill_all()  # no final snapshot: only the periodic one can have kept it
+    with serving(data, "--durability", "snapshot") as server:
+        assert orjson.loads(request("GET", f"{server.url}/status/posts")[2])["timestamp"] == 6
+
+
+def test_token_files_with_comments_and_blank_lines(tmp_path: Path) -> None:
+    token = "f" * 40
+    tokens = tmp_path / "write-tokens"
+    tokens.write_text(f"# rotated 2026-11-26\n\n{token}\n")
+    with serving(tmp_path / "data", "--write-tokens-file", str(tokens)) as server:
+        body = orjson.dumps({"timestamp": 1})
+        assert request("PUT", f"{server.url}/status/posts", body)[0] == 401
+        authorized = {"Authorization": f"Bearer {token}"}
+        assert request("PUT", f"{server.url}/status/posts", body, authorized)[0] == 200
+    missing = subprocess.run(
+        [str(EXECUTABLE), "serve", "--write-tokens-file", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=30, env=_clean_env())
+    assert missing.returncode == 2
+    assert "--write-tokens-file" in missing.stderr
+    weak = subprocess.run([str(EXECUTABLE), "serve"], capture_output=True, text=True,
+                          timeout=30, env=_clean_env() | {"PROCESS_STATUS_WRITE_TOKENS": "abc"})
+    assert weak.returncode == 2
+    assert "at least 16 characters" in weak.stderr
+
+
+def test_allow_anonymous_writes_lets_a_non_loopback_bind_start(tmp_path: Path) -> None:
+    # 0.0.0.0 is the wildcard, not a target: the test talks to it over 127.0.0.1 only.
+    with serving(tmp_path / "data", "--allow-anonymous-writes", bind_host="0.0.0.0") as server:
+        assert server.args[server.args.index("--bind") + 1].startswith("0.0.0.0:")
+        body = orjson.dumps({"timestamp": 1})
+        assert request("PUT", f"{server.url}/status/posts", body)[0] == 200
+
+
+def metric(server: ServeProcess, name: str) -> float:
+    text = request("GET", server.metrics_url)[2].decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for_metric(server: ServeProcess, name: str, at_least: float) -> float:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        value = metric(server, name)
+        if value >= at_least:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{name} never reached {at_least}")

@@ -57,7 +57,10 @@ async def test_long_poll_is_released_by_a_put(client: AppClient) -> None:
     started = time.monotonic()
     poll = asyncio.create_task(
         client.get("/status/posts/processed", params={"ts": "5", "wait": "10"}))
-    await asyncio.sleep(0.1)
+    for _ in range(200):  # until the request is parked
+        await asyncio.sleep(0.01)
+        if client.app[waiters_key].count == 1:
+            break
     assert not poll.done()
     assert client.app[waiters_key].count == 1
     await client.put("/status/posts", json={"timestamp": 3})  # not enough
@@ -71,8 +74,10 @@ async def test_long_poll_is_released_by_a_put(client: AppClient) -> None:
 
 
 async def test_long_poll_times_out_with_processed_false(client: AppClient) -> None:
+    started = asyncio.get_running_loop().time()
     response = await client.get("/status/posts/processed", params={"ts": "5", "wait": "0.1"})
     assert (await response.json())["processed"] is False
+    assert asyncio.get_running_loop().time() - started >= 0.09  # it did wait
     assert client.app[waiters_key].count == 0
 
 
