@@ -13,6 +13,7 @@ import errno
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
@@ -187,6 +188,10 @@ async def test_concurrent_writes_share_the_next_fsync(start: Start, fake: FakeFi
 
 # -- simulated power loss under load ---------------------------------------------
 
+def acked_at_least(ledger: Ledger, count: int) -> bool:
+    return ledger.acks >= count
+
+
 async def write_until(client: AppClient, ledger: Ledger, rng: random.Random, entities: int,
                       stop: asyncio.Event) -> None:
     while not stop.is_set():
@@ -219,8 +224,9 @@ async def test_power_loss_keeps_every_acknowledged_write(
                                             stop))
             for _ in range(16)
         ]
-        wanted = ledger.acks + 10  # some acknowledged writes, so each round can lose some
-        await eventually(lambda wanted=wanted: ledger.acks >= wanted, "10 acknowledged writes")
+        # Some acknowledged writes first, so that each round has something it could lose.
+        await eventually(partial(acked_at_least, ledger, ledger.acks + 10),
+                         "10 acknowledged writes")
         await asyncio.sleep(rng.uniform(0.0, 0.2))
         survivor = fake.crash()
         acked_before_crash = dict(ledger.acked)
