@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from service.app import create_app
 from service.config import Settings, from_sources
@@ -83,3 +87,32 @@ class Server(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Callable[[], Awaitable[web.AppRunner]]:
         return make_factory(self.settings)
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's arbiter with SIGHUP made safe for one stateful worker.
+
+    On SIGHUP gunicorn starts the new worker before it stops the old one; ours would
+    find the data dir locked, fail to boot, and the arbiter would stop the service.
+    Here the old worker stops first (writing its final snapshot), then the new one
+    starts and restores it: a short pause in service instead of an outage.
+    """
+
+    def reload(self) -> None:
+        self.log.info("SIGHUP: stopping the worker before starting its successor")
+        self.kill_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while self.WORKERS and time.monotonic() < deadline:
+            self.reap_workers()
+            time.sleep(0.05)
+        if self.WORKERS:
+            self.kill_workers(signal.SIGKILL)
+            self.reap_workers()
+        super().reload()

@@ -264,3 +264,19 @@ def wait_for_metric(server: ServeProcess, name: str, at_least: float) -> float:
             return value
         time.sleep(0.02)
     raise AssertionError(f"{name} never reached {at_least}")
+
+
+def test_sighup_restarts_the_worker_in_place_keeping_state(tmp_path: Path) -> None:
+    with serving(tmp_path / "data") as server:
+        assert put(server.url, "posts", 5) == 200
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "state restored: 1 entities" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            assert server.process.poll() is None, server.log()  # the master stays up
+            time.sleep(0.05)
+        server.wait_ready()
+        status, _, body = request("GET", f"{server.url}/status/posts")
+        assert status == 200
+        assert orjson.loads(body)["timestamp"] == 5
+        assert put(server.url, "posts", 6) == 200
