@@ -105,7 +105,9 @@ class Persistence:
         )
         self._applied_lsn = report.last_lsn
         self._next_lsn = report.last_lsn + 1
-        self._snapshot_version = self.store.version
+        # Replayed journal records are not in the snapshot yet: take one at the next
+        # interval, so the next start has less to replay.
+        self._snapshot_version = -1 if report.replayed else self.store.version
         if self._journaled:
             self._journal = Journal(
                 self.files, self.options.data_dir, report.next_seq, list(report.retained)
