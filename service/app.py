@@ -1,4 +1,4 @@
-"""create_app(settings) -> web.Application: wiring, routes and lifecycle (load at start, snapshot at stop)."""
+"""create_app(settings) -> web.Application: wiring, routes, and load-at-start / snapshot-at-stop."""
 
 from __future__ import annotations
 
