@@ -53,7 +53,7 @@ class StatusViews:
 
     async def put_status(self, request: web.Request) -> web.Response:
         entity = _entity(request)
-        body = await _json_body(request)
+        body = await _json_body(request, self.settings.max_body_bytes)
         if not isinstance(body, dict) or len(body) != 1 or "timestamp" not in body:
             raise Problem(400, "invalid-body",
                           'expected a JSON object with exactly one member: {"timestamp": <ts>}')
@@ -66,7 +66,7 @@ class StatusViews:
         )
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, self.settings.max_body_bytes)
         if not isinstance(body, dict) or not body:
             raise Problem(400, "invalid-body",
                           'expected a non-empty JSON object of entity -> timestamp, e.g. '
@@ -220,19 +220,23 @@ def _plus_in_query(value: str) -> str:
     return value
 
 
-async def _read_body(request: web.Request) -> bytes:
-    """The request body, at most the app's client_max_size (--max-body-bytes).
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes (--max-body-bytes), else 413.
 
     A small body usually arrives with its headers, and then taking what is buffered
     is much cheaper than aiohttp's general read loop; anything else goes that way.
     """
     length = request.content_length
-    content = request.content
     if length is None or "Content-Encoding" in request.headers:
-        # Chunked or compressed: aiohttp's loop enforces the limit on what it decodes.
-        return await request.read()
-    if length > request.app._client_max_size:
-        raise web.HTTPRequestEntityTooLarge(request.app._client_max_size, length)
+        # Chunked or compressed: aiohttp's loop enforces the limit (the app's
+        # client_max_size, set from the same flag) on what it decodes.
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _too_large(limit) from None
+    if length > limit:
+        raise _too_large(limit)
+    content = request.content
     body = content.read_nowait()
     if len(body) < length:
         try:
@@ -243,13 +247,19 @@ async def _read_body(request: web.Request) -> bytes:
     return body
 
 
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "body-too-large",
+                   f"the request body exceeds the limit of {limit} bytes (--max-body-bytes); "
+                   "send fewer entries per request", limit=limit)
+
+
 def _unknown(entity: str) -> Problem:
     return Problem(404, "unknown-entity",
                    f"no timestamp has been recorded for entity {entity!r}", entity=entity)
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await _read_body(request)
+async def _json_body(request: web.Request, limit: int) -> Any:
+    raw = await _read_body(request, limit)
     if not raw:
         raise Problem(400, "invalid-body", "the request body is empty; send a JSON object")
     try:

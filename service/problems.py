@@ -69,18 +69,14 @@ def problem_response(
 _KINDS = {
     404: ("not-found", "no route matches {path}: see GET /openapi.yaml for the API"),
     405: ("method-not-allowed", "{method} is not allowed on {path}; allowed: {allowed}"),
-    413: ("body-too-large", "the request body exceeds the limit of {limit} bytes "
-                            "(--max-body-bytes); send fewer entries per request"),
 }
 
 
 def from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Response:
-    """Turn aiohttp's own errors (router 404/405, body 413, ...) into problems."""
+    """Turn aiohttp's own errors (router 404/405, and any other it raises) into problems."""
     kind, template = _KINDS.get(exc.status, ("http-error", "{reason}"))
     allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ())))
-    detail = template.format(
-        path=request.path, method=request.method, allowed=allowed,
-        limit=request.app._client_max_size, reason=exc.reason,
-    )
+    detail = template.format(path=request.path, method=request.method, allowed=allowed,
+                             reason=exc.text or exc.reason)
     headers = {"Allow": allowed} if exc.status == 405 else None
     return problem_response(exc.status, kind, detail, headers=headers)

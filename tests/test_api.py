@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,22 @@ async def test_body_over_max_body_bytes_is_413(make_client: MakeClient) -> None:
     client = await make_client(max_body_bytes=1024)
     body = await problem(await client.post("/status", json={"x" * 200: 1, "y" * 900: 2}), 413)
     assert "--max-body-bytes" in body["detail"]
+
+
+async def test_chunked_body_over_max_body_bytes_is_413_too(make_client: MakeClient) -> None:
+    client = await make_client(max_body_bytes=1024)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked encoding
+        yield b'{"a": 1, "' + b"x" * 600
+        yield b"y" * 600 + b'": 2}'
+
+    body = await problem(await client.post("/status", data=chunks()), 413)
+    assert "--max-body-bytes" in body["detail"]
+
+    async def small() -> AsyncIterator[bytes]:
+        yield b'{"a": 1}'
+
+    assert (await client.post("/status", data=small())).status == 200
 
 
 async def test_max_entities_is_507_and_changes_nothing(make_client: MakeClient) -> None:
