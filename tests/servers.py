@@ -19,10 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent
 EXECUTABLE = Path(sys.executable).with_name("process-status")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never the same one twice in this test run.
+
+    The kernel may hand the port it just released straight back, so two calls in a
+    row could otherwise name the same port (seen: --bind and --metrics-bind equal).
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from .processes import LOOPBACK, Process, clean_environ, free_port, probe, start, stop, wait_for
+from tests.servers import free_port
+
+from .processes import LOOPBACK, Process, clean_environ, probe, start, stop, wait_for
 from .specs import (
     GATE_WAIT,
     GATEWAYS,
