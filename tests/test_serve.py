@@ -280,3 +280,21 @@ def test_sighup_restarts_the_worker_in_place_keeping_state(tmp_path: Path) -> No
         assert status == 200
         assert orjson.loads(body)["timestamp"] == 5
         assert put(server.url, "posts", 6) == 200
+
+
+def test_access_log_is_off_by_default_and_json_when_on(tmp_path: Path) -> None:
+    def access_lines(server: ServeProcess) -> list[dict[str, object]]:
+        lines = [orjson.loads(line) for line in server.log().splitlines()]
+        return [line for line in lines if line.get("logger") == "aiohttp.access"]
+
+    with serving(tmp_path / "quiet") as server:
+        assert request("GET", f"{server.url}/healthz")[0] == 200
+        server.stop()
+        assert access_lines(server) == []
+    with serving(tmp_path / "loud", "--access-log") as server:
+        assert request("GET", f"{server.url}/healthz")[0] == 200
+        server.stop()
+        entries = [e for e in access_lines(server) if e.get("first_request_line")
+                   == "GET /healthz HTTP/1.1"]
+        assert len(entries) == 1
+        assert entries[0]["response_status"] == 200
