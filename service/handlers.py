@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -164,14 +165,14 @@ class StatusViews:
     # -- helpers ---------------------------------------------------------------
 
     async def _record(self, updates: dict[str, int]) -> dict[str, Outcome]:
-        result = await self._submit(Record(updates), names=list(updates))
+        result = await self._submit(Record(updates), names=updates.keys())
         assert isinstance(result, dict)
         return result
 
     async def _submit(self, mutation: Record | Delete | Reset,
-                      names: list[str] | None = None) -> dict[str, Outcome] | bool:
+                      names: Iterable[str] = ()) -> dict[str, Outcome] | bool:
         try:
-            reserved = self.store.reserve(names) if names else 0
+            reserved = self.store.reserve(names)
         except CapacityError as exc:
             raise Problem(507, "entity-limit-reached", str(exc),
                           limit=self.store.max_entities) from None

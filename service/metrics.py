@@ -20,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -47,18 +47,12 @@ class Metrics:
             "Time from routing a request to its response, by route template.",
             ["method", "route"], _LATENCY_BUCKETS,
         )
-        self.updates = LoopCounter(
-            "process_status_updates",
-            "Per-entity timestamp updates applied: advanced the stored value, or stale "
-            "(older or equal, left unchanged).",
-            ["result"],
-        )
         self.checks = LoopCounter(
             "process_status_checks",
             "processed? decisions, by result and by who asked (the API or the gate).",
             ["result", "source"],
         )
-        for collector in (self.requests, self.request_duration, self.updates, self.checks):
+        for collector in (self.requests, self.request_duration, self.checks):
             registry.register(collector)
         entities = Gauge("process_status_entities", "Entities in the store.", registry=registry)
         entities.set_function(lambda: len(store))
@@ -110,6 +104,7 @@ class Metrics:
             registry=registry,
         )
         registry.register(EntityCollector(store, entity_limit))
+        registry.register(UpdatesCollector(store))
 
     def decisions(self, source: str) -> Decisions:
         """Zero-argument incrementers for each processed? result asked by `source`."""
@@ -124,6 +119,25 @@ class Decisions(NamedTuple):
     not_processed: Callable[[], None]
     timeout: Callable[[], None]
     """The wait ran out before the entity got there."""
+
+
+class UpdatesCollector(Collector):
+    """`process_status_updates_total{result}`, read from the store's own counts at scrape
+    time (counting in the store costs an integer increment per entity written)."""
+
+    def __init__(self, store: StatusStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "process_status_updates",
+            "Per-entity timestamp updates applied: advanced the stored value, or stale "
+            "(older or equal, left unchanged).",
+            labels=["result"],
+        )
+        family.add_metric(["advanced"], self._store.advanced)
+        family.add_metric(["stale"], self._store.stale)
+        yield family
 
 
 class EntityCollector(Collector):

@@ -287,14 +287,6 @@ class Persistence:
     ) -> dict[str, Outcome] | bool:
         result = self.store.apply(mutation, moment)
         self.store.release(reserved)
-        if isinstance(result, dict):
-            advanced = 0
-            for outcome in result.values():
-                advanced += outcome.advanced
-            if advanced:
-                self.metrics.updates.inc(("advanced",), advanced)
-            if advanced != len(result):
-                self.metrics.updates.inc(("stale",), len(result) - advanced)
         return result
 
     # -- snapshots -------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 # (timestamp, updated_at): updated_at is wall-clock seconds since the epoch at the
@@ -65,6 +65,9 @@ class StatusStore:
         self._held: list[tuple[str, int]] | None = None
         self.version = 0
         """Counts applied mutations, so a snapshotter can tell whether anything changed."""
+        self.advanced = 0
+        self.stale = 0
+        """Per-entity updates applied since start that moved an entity, or did not."""
 
     # -- reads -----------------------------------------------------------------
 
@@ -109,7 +112,7 @@ class StatusStore:
 
     # -- capacity --------------------------------------------------------------
 
-    def reserve(self, names: Iterator[str] | list[str]) -> int:
+    def reserve(self, names: Iterable[str]) -> int:
         """Reserve room for the new entities among `names` until the write is applied.
 
         Writes wait for their fsync before they are applied; counting the ones in
@@ -117,7 +120,10 @@ class StatusStore:
         Returns the count to pass to `release`. Raises CapacityError when full.
         """
         entries = self._entries
-        new = sum(1 for name in names if name not in entries)
+        new = 0
+        for name in names:
+            if name not in entries:
+                new += 1
         if new and len(entries) + self._reserved + new > self.max_entities:
             raise CapacityError(
                 f"the store holds {len(entries)} entities and its limit is {self.max_entities}; "
@@ -200,9 +206,11 @@ class StatusStore:
                 created.append(entity)
             elif entry[0] >= timestamp:
                 outcomes[entity] = Outcome(entry[0], False)
+                self.stale += 1
                 continue
             entries[entity] = (timestamp, now)
             outcomes[entity] = Outcome(timestamp, True)
+            self.advanced += 1
             if self._held is not None:
                 self._held.append((entity, timestamp))
             else:
