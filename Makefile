@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv run test lint unit bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,gateways]'
+	$(BIN)/pip install --quiet -e '.[test,gateways]' -e ./clients/python
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/process-status serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check service tests bench clients
 	$(BIN)/mypy
 
 unit: $(STAMP)

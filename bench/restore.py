@@ -3,16 +3,16 @@
     .venv/bin/python bench/restore.py                      # everything (~1.5 min)
     .venv/bin/python bench/restore.py --only restore,rss --entities 200000
 
-Builds the data dirs offline with the service's own modules (service.snapshot,
-service.journal, service.framing, service.files): a snapshot of --entities
+Builds the data dirs offline with the service's own modules (service.storage.snapshot,
+service.storage.journal, service.storage.framing, service.storage.files): a snapshot of --entities
 entities plus --records journal records after it, in two mixes (every record
 advances an existing entity; or a tenth of them create new entities). Then:
 
-* restore: `service.recovery.recover` into a fresh StatusStore, timed in a fresh
+* restore: `service.storage.recovery.recover` into a fresh StatusStore, timed in a fresh
   interpreter per mix (goal <= 1 s), with that process's RSS afterwards
   (goal <= 300 MB).
 * rss: `process-status serve` on the same data: time to ready and the worker's RSS.
-* lag: a `service.persistence.Persistence` (fsync mode, uvloop) holding the 1M
+* lag: a `service.storage.local.LocalBackend` (fsync mode, uvloop) holding the 1M
   entities under a write load of 16 concurrent writers; a task sleeps 1 ms in a
   loop and records how late it wakes. Reported without and during snapshots
   (goal: max stall <= 50 ms).
@@ -44,7 +44,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import uvloop
 from benchlib import (
     BENCH,
@@ -57,15 +56,15 @@ from benchlib import (
     wrk_finish,
     wrk_start,
 )
-from prometheus_client import CollectorRegistry
 
-from service import framing, snapshot
-from service.files import OsFiles
-from service.journal import Journal
-from service.metrics import Metrics
-from service.persistence import Durability, Options, Persistence
-from service.recovery import recover
-from service.store import Entry, Record, StatusStore
+from service.config import Durability
+from service.storage import records as records_codec
+from service.storage import snapshot
+from service.storage.files import OsFiles
+from service.storage.journal import Journal
+from service.storage.local import LocalBackend, LocalOptions
+from service.storage.recovery import recover
+from service.store import Advance, Entry, StatusStore
 
 SNAPSHOT_LSN = 1_000
 STALL_GOAL_MS = 50.0
@@ -93,7 +92,7 @@ def build_snapshot(data_dir: Path, entities: int) -> float:
 
 
 def build_journal(data_dir: Path, entities: int, records: int, new_fraction: float) -> None:
-    """`records` journal records after the snapshot, as Persistence would write them."""
+    """`records` journal records after the snapshot, as the journal writer writes them."""
     rng = random.Random(42)
     journal = Journal(OsFiles(), str(data_dir), next_seq=1)
     now = time.time()
@@ -107,7 +106,7 @@ def build_journal(data_dir: Path, entities: int, records: int, new_fraction: flo
         else:
             name = entity_name(rng.randrange(entities))
         ts = 1_800_000_000_000_000 + number
-        frames.append(framing.encode(orjson.dumps([lsn, now + number * 1e-5, "r", {name: ts}])))
+        frames.append(records_codec.encode(lsn, now + number * 1e-5, Advance({name: ts})))
         if len(frames) == 1000 or number == records - 1:
             journal.write(b"".join(frames), lsn)
             frames.clear()
@@ -236,23 +235,24 @@ class TimedStore(StatusStore):
         return captured
 
 
-async def write_load(persistence: Persistence, stop: asyncio.Event, counter: list[int]) -> None:
+async def write_load(backend: LocalBackend, stop: asyncio.Event, counter: list[int]) -> None:
     rng = random.Random()
     ts = 1_900_000_000_000_000
     while not stop.is_set():
         ts += 1
-        await persistence.submit(Record({entity_name(rng.randrange(300)): ts}))
+        await backend.submit(Advance({entity_name(rng.randrange(300)): ts}))
         counter[0] += 1
 
 
 async def lag_async(data_dir: Path, snapshots: int, quiet_seconds: float) -> list[Lag]:
     store = TimedStore(MAX_ENTITIES)
-    metrics = Metrics(CollectorRegistry(), store, 1000)
-    options = Options(str(data_dir), Durability.FSYNC, 3600.0, 1.0, 1 << 40)
-    persistence = Persistence(options, store, OsFiles(), metrics)
-    await persistence.start()
+    options = LocalOptions(data_dir=str(data_dir), durability=Durability.FSYNC,
+                           snapshot_interval=3600.0, fsync_interval=1.0,
+                           journal_max_bytes=1 << 40)
+    backend = LocalBackend(options, store)
+    await backend.start()
     stop, counter = asyncio.Event(), [0]
-    writers = [asyncio.create_task(write_load(persistence, stop, counter)) for _ in range(16)]
+    writers = [asyncio.create_task(write_load(backend, stop, counter)) for _ in range(16)]
     probe = LagProbe()
     results: list[Lag] = []
     try:
@@ -279,12 +279,12 @@ async def lag_async(data_dir: Path, snapshots: int, quiet_seconds: float) -> lis
         for number in range(snapshots):
             await window(
                 f"snapshot {number + 1} of {len(store):,} entities under write load",
-                asyncio.ensure_future(persistence.snapshot()),
+                asyncio.ensure_future(backend.snapshot()),
             )
     finally:
         stop.set()
         await asyncio.gather(*writers, return_exceptions=True)
-        await persistence.stop()
+        await backend.stop()
     return results
 
 
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             dirs[mix] = copy_dir(base, work / f"data-{mix.replace('% ', '-')}")
             build_journal(dirs[mix], args.entities, args.records, fraction)
         print(f"\nsnapshot of {args.entities:,} entities: {size / 1e6:.1f} MB, written in "
-              f"{write_s:.2f} s (service.snapshot.write, offline)\n")
+              f"{write_s:.2f} s (service.storage.snapshot.write, offline)\n")
 
         if "restore" in parts:
             print("| restore (fresh process) | entities | replayed | time (best / median) "
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if "lag" in parts:
             lags = uvloop.run(lag_async(copy_dir(dirs["updates"], work / "lag"),
                                         args.snapshots, 3.0))
-            print("| event-loop lag (Persistence, uvloop, 16 fsync writers) | window "
+            print("| event-loop lag (LocalBackend, uvloop, 16 fsync writers) | window "
                   "| max stall | p99 lag | durable writes/s | full GCs (longest) "
                   "| store.capture() on the loop | goal max <= 50 ms |")
             print("|---|---:|---:|---:|---:|---:|---:|---|")

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from service import config
-from service.files import OsFiles
-from service.recovery import RecoveryError, recover
+from service.storage.files import OsFiles
+from service.storage.recovery import RecoveryError, recover
 from service.store import StatusStore
 
 USAGE_ERROR = 2
@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the snapshot and journal of a data dir without changing them; exit 1 "
                     "if anything is damaged.",
     )
-    inspect.add_argument("--data-dir", default=os.environ.get("PROCESS_STATUS_DATA_DIR", "./data"),
-                         help="the data dir to check [env PROCESS_STATUS_DATA_DIR]")
+    data_dir = config.option("--data-dir")
+    inspect.add_argument(data_dir.flag, default=os.environ.get(data_dir.env,
+                                                               config.DEFAULTS.data_dir),
+                         help=f"the data dir to check [env {data_dir.env}]")
     return parser
 
 
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         parser.exit(USAGE_ERROR, f"process-status serve: error: {exc}\n")
     from service.logs import logconfig_dict
-    from service.server import Server
+    from service.web.server import Server
 
     logging.config.dictConfig(logconfig_dict(settings.log_level))
     Server(settings).run()

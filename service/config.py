@@ -9,12 +9,13 @@ flag, the env var and what would be accepted.
 from __future__ import annotations
 
 import argparse
+import enum
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.persistence import Durability
+from service.positions import POSITION_HEADER
 
 ENV_PREFIX = "PROCESS_STATUS_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -22,6 +23,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 class ConfigError(ValueError):
     pass
+
+
+class Durability(enum.StrEnum):
+    """When a write counts as durable: see the README's durability table."""
+
+    FSYNC = "fsync"
+    BATCH = "batch"
+    SNAPSHOT = "snapshot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +71,7 @@ class Settings:
     max_wait: float = 30.0
     gate_wait: float = 0.1
     retry_after: int = 1
-    token_header: str = "X-Event-Streamex-Entity-Timestamp"
+    token_header: str = POSITION_HEADER
     gate_status: int = 425
     keep_alive: float = 75.0
     shutdown_timeout: float = 5.0
@@ -212,12 +221,17 @@ OPTIONS = (
            is_switch=True),
 )
 
-_DEFAULTS = Settings()
+DEFAULTS = Settings()
+
+
+def option(flag: str) -> Option:
+    """The Option for `flag` (e.g. "--data-dir")."""
+    return next(candidate for candidate in OPTIONS if candidate.flag == flag)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
-        default = getattr(_DEFAULTS, option.dest, None)
+        default = getattr(DEFAULTS, option.dest, None)
         shown = "off" if default in (None, False, ()) else default
         help_text = f"{option.help} [env {option.env}; default {shown}]"
         if option.is_switch:

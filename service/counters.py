@@ -29,9 +29,6 @@ class LoopCounter(Collector):
         values = self.values
         values[labels] = values.get(labels, 0) + amount
 
-    def value(self, labels: Labels) -> float:
-        return self.values.get(labels, 0)
-
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labels, value in list(self.values.items()):
@@ -39,12 +36,28 @@ class LoopCounter(Collector):
         yield family
 
 
-class _Series:
-    __slots__ = ("buckets", "sum")
+class Distribution:
+    """Observations counted into fixed buckets (upper bounds, plus one for +Inf) and summed."""
 
-    def __init__(self, size: int) -> None:
-        self.buckets = [0] * size
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = list(bounds)
+        self.buckets = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count) pairs as a Prometheus histogram exposes them."""
+        found: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip([*map(_bound, self.bounds), "+Inf"], self.buckets, strict=True):
+            total += count
+            found.append((bound, total))
+        return found
 
 
 class LoopHistogram(Collector):
@@ -55,25 +68,18 @@ class LoopHistogram(Collector):
         self.documentation = documentation
         self.labelnames = list(labelnames)
         self.bounds = list(bounds)
-        self.series: dict[Labels, _Series] = {}
+        self.series: dict[Labels, Distribution] = {}
 
     def observe(self, labels: Labels, value: float) -> None:
         series = self.series.get(labels)
         if series is None:
-            series = self.series[labels] = _Series(len(self.bounds) + 1)
-        series.buckets[bisect.bisect_left(self.bounds, value)] += 1
-        series.sum += value
+            series = self.series[labels] = Distribution(self.bounds)
+        series.observe(value)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labels, series in list(self.series.items()):
-            cumulative: list[tuple[str, float]] = []
-            total = 0
-            for bound, count in zip([*map(_bound, self.bounds), "+Inf"], series.buckets,
-                                    strict=True):
-                total += count
-                cumulative.append((bound, total))
-            family.add_metric(list(labels), cumulative, series.sum)
+            family.add_metric(list(labels), series.cumulative(), series.sum)
         yield family
 
 

@@ -1,8 +1,8 @@
-"""Prometheus metrics: the objects, the per-entity collector, and the metrics site.
+"""Prometheus metrics of the core: requests, decisions, waiters, the store's collectors.
 
 The registry is passed in (tests make a fresh one each); nothing here touches the
-global default registry. Hot-path counters are bound to their label values once
-(`Counter.labels` takes a lock and hashes a tuple on every call).
+global default registry or any other global state. Hot-path counters are loop-only
+(see `counters`). Storage backends export their own counts (`storage.stats`).
 """
 
 from __future__ import annotations
@@ -11,24 +11,13 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import NamedTuple
 
-from aiohttp import web
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from service.counters import LoopCounter, LoopHistogram
 from service.store import StatusStore
-
-# `*_created` series double the scrape and nobody here graphs them.
-disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -56,38 +45,6 @@ class Metrics:
             registry.register(collector)
         entities = Gauge("process_status_entities", "Entities in the store.", registry=registry)
         entities.set_function(lambda: len(store))
-        self.snapshot_last_success = Gauge(
-            "process_status_snapshot_last_success_timestamp_seconds",
-            "Unix time of the last snapshot written successfully.", registry=registry,
-        )
-        self.snapshot_duration = Histogram(
-            "process_status_snapshot_duration_seconds",
-            "Time to capture and durably write a snapshot.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=registry,
-        )
-        self.snapshot_failures = Counter(
-            "process_status_snapshot_failures", "Snapshots that failed to be written.",
-            registry=registry,
-        )
-        self.journal_fsync_duration = Histogram(
-            "process_status_journal_fsync_duration_seconds",
-            "Time to write and fsync one journal batch (group commit).",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
-            registry=registry,
-        )
-        self.journal_batch_size = Histogram(
-            "process_status_journal_batch_size", "Writes made durable by one fsync.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=registry,
-        )
-        self.journal_bytes = Gauge(
-            "process_status_journal_bytes",
-            "Bytes in journal segments not yet covered by a snapshot.", registry=registry,
-        )
-        self.journal_failures = Counter(
-            "process_status_journal_failures",
-            "Journal writes or fsyncs that failed (the affected writes were rejected).",
-            registry=registry,
-        )
         self.waiters = Gauge(
             "process_status_waiters", "Requests waiting for an entity to advance.",
             registry=registry,
@@ -164,9 +121,3 @@ class EntityCollector(Collector):
                 family.add_metric([name], float(timestamp))
         yield family
 
-
-def create_metrics_app(registry: CollectorRegistry) -> web.Application:
-    app = web.Application()
-    handler: Callable[[web.Request], object] = make_aiohttp_handler(registry)
-    app.router.add_get("/metrics", handler)  # type: ignore[arg-type]
-    return app

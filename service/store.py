@@ -1,7 +1,7 @@
 """StatusStore: per-entity latest processed timestamp, merged forward-only.
 
 Pure Python and synchronous: it knows nothing of HTTP, files or the event loop.
-Persistence decides *when* a mutation is applied (after its journal fsync, or at
+A storage backend decides *when* a mutation is applied (after its journal fsync, or at
 once); the store only decides *what* applying it means.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 # (timestamp, updated_at): updated_at is wall-clock seconds since the epoch at the
 # moment the stored timestamp last advanced. A tuple keeps a million entries
@@ -26,8 +26,8 @@ _BULK_INSERT = 32
 # is created per write on the hot path, and a tuple is several times cheaper to make.
 
 
-class Record(NamedTuple):
-    """Record processed timestamps: entity -> ts (already validated)."""
+class Advance(NamedTuple):
+    """Move entities forward to these timestamps (max-merge): entity -> ts, already validated."""
 
     updates: Mapping[str, int]
 
@@ -40,11 +40,11 @@ class Reset(NamedTuple):
     pass
 
 
-Mutation = Record | Delete | Reset
+Mutation = Advance | Delete | Reset
 
 
 class Outcome(NamedTuple):
-    """What one entity looks like after a Record: its stored ts and whether it moved."""
+    """What one entity looks like after an Advance: its stored ts and whether it moved."""
 
     timestamp: int
     advanced: bool
@@ -157,13 +157,33 @@ class StatusStore:
                 for listener in self._listeners:
                     listener(entity, timestamp)
 
+    @overload
+    def apply(self, mutation: Advance, now: float) -> dict[str, Outcome]: ...
+
+    @overload
+    def apply(self, mutation: Delete | Reset, now: float) -> bool: ...
+
     def apply(self, mutation: Mutation, now: float) -> dict[str, Outcome] | bool:
-        """Apply a mutation. Record -> outcomes per entity; Delete/Reset -> whether it existed."""
-        self.version += 1
-        if isinstance(mutation, Record):
-            return self._record(mutation.updates, now)
+        """Apply any mutation: what `advance`, `delete` or `reset` answers."""
+        if isinstance(mutation, Advance):
+            return self.advance(mutation.updates, now)
         if isinstance(mutation, Delete):
-            return self._delete(mutation.entity)
+            return self.delete(mutation.entity)
+        return self.reset()
+
+    def advance(self, updates: Mapping[str, int], now: float) -> dict[str, Outcome]:
+        """Max-merge `updates`; per entity, its stored timestamp after and whether it moved."""
+        self.version += 1
+        return self._record(updates, now)
+
+    def delete(self, entity: str) -> bool:
+        """Forget `entity`; whether it existed."""
+        self.version += 1
+        return self._delete(entity)
+
+    def reset(self) -> bool:
+        """Forget every entity; whether there was any."""
+        self.version += 1
         existed = bool(self._entries)
         self._entries = {}
         self._names.clear()
@@ -180,7 +200,7 @@ class StatusStore:
         self._restoring = True
 
     def replay(self, updates: Mapping[str, int], now: float) -> None:
-        """Apply a journal record during a restore: the max-merge of `Record`, without the
+        """Apply a journal record during a restore: the max-merge of `advance`, without the
         per-entity outcomes and notifications nobody is waiting for yet."""
         assert self._restoring
         entries = self._entries

@@ -8,16 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.config import Settings
-from service.persistence import Durability
-
-ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
-AppClient = TestClient[web.Request, web.Application]
+from service.config import Durability, Settings
+from service.web.app import create_app
+from tests.support import AppClient, MakeClient
 
 
 @pytest.fixture
@@ -29,7 +24,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def make_client(
     aiohttp_client: Callable[..., Awaitable[AppClient]], settings: Settings
-) -> Callable[..., Awaitable[AppClient]]:
+) -> MakeClient:
     """make_client(**overrides) -> a TestClient for create_app(settings with overrides)."""
 
     async def make(registry: CollectorRegistry | None = None, **overrides: Any) -> AppClient:
@@ -40,5 +35,5 @@ def make_client(
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., Awaitable[AppClient]]) -> AppClient:
+async def client(make_client: MakeClient) -> AppClient:
     return await make_client()

@@ -148,3 +148,11 @@ def request(
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+
+
+def put(url: str, entity: str, timestamp: int) -> int:
+    """PUT one timestamp; the HTTP status."""
+    status, _, _ = request("PUT", f"{url}/status/{entity}",
+                           f'{{"timestamp": {timestamp}}}'.encode(),
+                           {"Content-Type": "application/json"})
+    return status

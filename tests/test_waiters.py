@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
-from service.app import waiters_key
 from service.waiters import Waiters
-from tests.conftest import AppClient
-
-MakeClient = Callable[..., Awaitable[AppClient]]
+from service.web.app import waiters_key
+from tests.support import AppClient, MakeClient
 
 
 async def test_write_releases_exactly_the_waiters_it_satisfies() -> None:

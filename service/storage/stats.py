@@ -1,0 +1,72 @@
+"""What the local backend counts, and the collector that exports it at scrape time.
+
+The backend only ever updates plain numbers, from the event loop; Prometheus reads
+them when it scrapes (as the store's advanced/stale counts are read). So the
+storage layer carries no metric objects or locks, and tests read the numbers directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from service.counters import Distribution
+
+_FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+_SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(slots=True)
+class StorageStats:
+    journal_fsync: Distribution = field(default_factory=lambda: Distribution(_FSYNC_BUCKETS))
+    journal_batch: Distribution = field(default_factory=lambda: Distribution(_BATCH_BUCKETS))
+    journal_bytes: int = 0
+    journal_failures: int = 0
+    snapshot_duration: Distribution = field(
+        default_factory=lambda: Distribution(_SNAPSHOT_BUCKETS))
+    snapshot_failures: int = 0
+    snapshot_last_success: float = 0.0
+    """Unix time of the last snapshot written successfully (0: none since start)."""
+
+
+class StorageCollector(Collector):
+    def __init__(self, stats: StorageStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield _gauge("process_status_snapshot_last_success_timestamp_seconds",
+                     "Unix time of the last snapshot written successfully.",
+                     stats.snapshot_last_success)
+        yield _histogram("process_status_snapshot_duration_seconds",
+                         "Time to capture and durably write a snapshot.",
+                         stats.snapshot_duration)
+        yield CounterMetricFamily("process_status_snapshot_failures",
+                                  "Snapshots that failed to be written.",
+                                  value=stats.snapshot_failures)
+        yield _histogram("process_status_journal_fsync_duration_seconds",
+                         "Time to write and fsync one journal batch (group commit).",
+                         stats.journal_fsync)
+        yield _histogram("process_status_journal_batch_size",
+                         "Writes made durable by one fsync.", stats.journal_batch)
+        yield _gauge("process_status_journal_bytes",
+                     "Bytes in journal segments not yet covered by a snapshot.",
+                     stats.journal_bytes)
+        yield CounterMetricFamily(
+            "process_status_journal_failures",
+            "Journal writes or fsyncs that failed (the affected writes were rejected).",
+            value=stats.journal_failures)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _histogram(name: str, documentation: str, series: Distribution) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=series.cumulative(),
+                                 sum_value=series.sum)

