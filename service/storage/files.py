@@ -21,9 +21,7 @@ class WritableFile(Protocol):
 class Files(Protocol):
     def create(self, path: str) -> WritableFile:
         """Create a new file (it must not exist) for writing."""
-    def open_append(self, path: str) -> WritableFile: ...
     def read(self, path: str) -> bytes: ...
-    def size(self, path: str) -> int: ...
     def truncate(self, path: str, size: int) -> None: ...
     def replace(self, source: str, target: str) -> None: ...
     def remove(self, path: str) -> None: ...
@@ -54,15 +52,9 @@ class OsFiles:
     def create(self, path: str) -> WritableFile:
         return OsFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
-    def open_append(self, path: str) -> WritableFile:
-        return OsFile(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
-
     def read(self, path: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read()
-
-    def size(self, path: str) -> int:
-        return os.stat(path).st_size
 
     def truncate(self, path: str, size: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)

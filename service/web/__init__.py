@@ -1,0 +1,1 @@
+"""The HTTP layer: the aiohttp app, its routes and views, the metrics site, the runner."""

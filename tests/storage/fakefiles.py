@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 from tests.support import eventually
 
-OPS = ("create", "open_append", "read", "size", "truncate", "replace", "remove", "listdir",
-       "write", "sync", "sync_dir", "close")
+OPS = ("create", "read", "truncate", "replace", "remove", "listdir", "write", "sync", "sync_dir",
+       "close")
 
 HOLD_LIMIT = 30.0
 """Seconds a held operation waits at most, so a broken test cannot hang the suite."""
@@ -198,17 +198,9 @@ class FakeFiles:
             inode = names[name] = Inode()
             return FakeFile(self, path, inode)
 
-    def open_append(self, path: str) -> FakeFile:
-        with self._gate("open_append", path):
-            return FakeFile(self, path, self._lookup(path))
-
     def read(self, path: str) -> bytes:
         with self._gate("read", path):
             return bytes(self._lookup(path).data)
-
-    def size(self, path: str) -> int:
-        with self._gate("size", path):
-            return len(self._lookup(path).data)
 
     def truncate(self, path: str, size: int) -> None:
         with self._gate("truncate", path):
