@@ -4,10 +4,16 @@ Gateways (nginx auth_request, Traefik ForwardAuth, Caddy forward_auth, Envoy
 ext_authz, HAProxy Lua) call it with the client's token header. Exactly 200 lets
 the request through (Envoy treats any other 2xx as a denial); otherwise the
 client gets 425 Too Early (or 503, by --gate-status) with Retry-After.
+
+A 200 may be cached (`--gate-cache-seconds`): a processed position never goes
+back, short of a DELETE or a reset, so "let it through" stays true for the same
+tokens. The negative answers change as soon as the operator catches up, so they
+are never stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from aiohttp import web
@@ -16,10 +22,26 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.positions import PositionError, parse_token_header
 from service.store import StatusStore
-from service.waiters import Waiters
+from service.waiters import Waiters, WaitersFull
 from service.web.problems import Problem
+from service.web.wire import GATE_TOKEN_HEADER
 
 _NO_STORE = "no-store"
+
+
+def allowed_headers(header: str, cache_seconds: int) -> dict[str, str]:
+    """Headers of the gate's 200: cacheable for `cache_seconds`, or not at all when 0.
+
+    Vary names the request headers the answer depends on, so that an HTTP cache
+    keyed on the URL alone (the gate ignores path and query) cannot hand one
+    token's 200 to another; nginx also uses it to tell apart tokens sent on
+    several header lines, which its `$http_` variables (1.22) see only the
+    first of.
+    """
+    if cache_seconds <= 0:
+        return {"Cache-Control": _NO_STORE}
+    return {"Cache-Control": f"max-age={cache_seconds}",
+            "Vary": f"{header}, {GATE_TOKEN_HEADER}"}
 
 
 class GateView:
@@ -30,6 +52,7 @@ class GateView:
         self.wait = settings.gate_wait
         self.status = settings.gate_status
         self.retry_after = str(settings.retry_after)
+        self.allowed = allowed_headers(self.header, settings.gate_cache_seconds)
         self.store = store
         self.waiters = waiters
         self._counted = metrics.decisions("gate")
@@ -38,7 +61,7 @@ class GateView:
     async def gate(self, request: web.Request) -> web.Response:
         lines = request.headers.getall(self.header, ())
         if not lines:
-            return web.Response(status=200)
+            return web.Response(status=200, headers=self.allowed)
         try:
             tokens = parse_token_header(lines)
         except PositionError as exc:
@@ -51,7 +74,9 @@ class GateView:
             remaining = deadline - time.monotonic()
             if not done and remaining > 0:
                 waited = True
-                await self.waiters.wait(entity, timestamp, remaining)
+                # At --max-waiters the answer is the same 425, only without the wait.
+                with contextlib.suppress(WaitersFull):
+                    await self.waiters.wait(entity, timestamp, remaining)
                 done, last = self.store.processed(entity, timestamp)
             if not done:
                 if waited:
@@ -63,7 +88,7 @@ class GateView:
         if waited:
             self._wait_duration.observe(self.wait - max(0.0, deadline - time.monotonic()))
         self._counted.processed()
-        return web.Response(status=200)
+        return web.Response(status=200, headers=self.allowed)
 
     def _too_early(self, entity: str, timestamp: int, last: int | None) -> Problem:
         seen = "nothing yet" if last is None else f"up to {last}"

@@ -101,3 +101,35 @@ async def test_gate_waits_the_configured_time_before_425(make_client: MakeClient
     response = await client.get("/gate", headers={HEADER: "posts/1"})
     assert response.status == 425
     assert asyncio.get_running_loop().time() - started >= 0.19
+
+
+async def test_processed_answer_is_cacheable_for_gate_cache_seconds(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(gate_cache_seconds=7)
+    await client.put("/status/posts", json={"timestamp": 10})
+    response = await client.get("/gate", headers={HEADER: "posts/10"})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "max-age=7"
+    # A cache that keys on the URL alone must still tell tokens apart.
+    assert response.headers["Vary"] == f"{HEADER}, X-Process-Status-Token"
+    late = await client.get("/gate", headers={HEADER: "posts/11"})
+    assert late.headers["Cache-Control"] == "no-store"  # a 425 changes: never stored
+    malformed = await client.get("/gate", headers={HEADER: "posts"})
+    assert malformed.headers["Cache-Control"] == "no-store"
+
+
+async def test_default_processed_answer_is_cacheable_for_a_few_seconds(
+    client: AppClient,
+) -> None:
+    response = await client.get("/gate")
+    assert response.headers["Cache-Control"] == "max-age=5"
+
+
+async def test_gate_cache_seconds_0_forbids_storing_the_200(make_client: MakeClient) -> None:
+    client = await make_client(gate_cache_seconds=0)
+    await client.put("/status/posts", json={"timestamp": 10})
+    response = await client.get("/gate", headers={HEADER: "posts/10"})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Vary" not in response.headers

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Self
@@ -73,6 +73,9 @@ class Processed:
     processed: bool
     last_processed: int | None
     """The entity's recorded timestamp, None if nothing was ever recorded for it."""
+    max_age: float | None = field(default=None, compare=False)
+    """How long the service lets this answer be reused (its `Cache-Control`: `max-age`,
+    0 for `no-store`/`no-cache`), None when the answer did not say."""
 
 
 class ProcessStatusClient:
@@ -178,10 +181,10 @@ class ProcessStatusClient:
         params = {"ts": str(ts)}
         if wait > 0:
             params["wait"] = f"{min(wait, self.max_wait):.3f}"
-        body = await self._send("GET", ("status", entity, "processed"), params=params,
-                                wait=wait, deadline=deadline)
+        body, headers = await self._exchange("GET", ("status", entity, "processed"),
+                                             params=params, wait=wait, deadline=deadline)
         return Processed(body["entity"], body["timestamp"], body["processed"],
-                         body["last_processed"])
+                         body["last_processed"], _max_age(headers.get("Cache-Control")))
 
     # -- transport -------------------------------------------------------------
 
@@ -199,6 +202,21 @@ class ProcessStatusClient:
         wait: float = 0.0,
         deadline: float | None = None,
     ) -> Any:
+        body, _ = await self._exchange(method, segments, json=json, params=params, wait=wait,
+                                       deadline=deadline)
+        return body
+
+    async def _exchange(
+        self,
+        method: str,
+        segments: tuple[str, ...],
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        wait: float = 0.0,
+        deadline: float | None = None,
+    ) -> tuple[Any, Mapping[str, str]]:
+        """One call with retries: the decoded JSON body and the (case-insensitive) headers."""
         url = self._url(segments)
         data = None if json is None else jsonlib.dumps(json).encode()
         headers = self._headers if data is None else {
@@ -213,7 +231,7 @@ class ProcessStatusClient:
                                            headers=headers, timeout=timeout) as response:
                     raw = await response.read()
                     if response.status < 400:
-                        return jsonlib.loads(raw)
+                        return jsonlib.loads(raw), response.headers
                     error: ProcessStatusError = _problem(response.status, response.reason, raw)
                     if response.status < 500 or response.status in _NOT_RETRIED_5XX:
                         raise error
@@ -260,6 +278,20 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def _max_age(header: str | None) -> float | None:
+    """Seconds a `Cache-Control` value lets an answer be reused; None when it does not say."""
+    if header is None:
+        return None
+    directives = [part.strip().lower() for part in header.split(",")]
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    for directive in directives:
+        name, _, value = directive.partition("=")
+        if name.strip() == "max-age" and value.strip().isdigit():
+            return float(value.strip())
+    return None
 
 
 def _seconds(header: str | None) -> float | None:

@@ -3,9 +3,17 @@
 A request carrying `entity/ts` tokens in the token header is held until every
 token is processed, for at most `wait` seconds in all; then it reaches the
 handler, or is answered 425 Too Early (problem+json, Retry-After). Requests
-without the header pass straight through; a malformed token gets 400. When the
-service cannot answer, the request gets 503 with Retry-After (fail closed), or
-passes through if `fail_open` is set.
+without the header pass straight through without a call to the service; a
+malformed token gets 400. When the service cannot answer, the request gets 503
+with Retry-After (fail closed), or passes through if `fail_open` is set.
+
+Positive answers are kept for a while (`ProcessedCache`): a processed position
+stays processed, so a repeated token, or an older one for the same entity, is
+let through without asking. An answer is kept for the shorter of `cache_seconds`
+and the max-age of its `Cache-Control` (the service's `--gate-cache-seconds`,
+default 5 s; no-store: not at all), so either side can shorten it and
+`cache_seconds=0` turns it off, say when you rely on a DELETE or reset being
+seen at once.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from process_status_client.cache import ProcessedCache
 from process_status_client.client import ProcessStatusClient, ProcessStatusError
 from process_status_client.positions import PositionError, parse_token_header
 from process_status_client.wire import (
@@ -44,18 +53,24 @@ def gate_middleware(
     *,
     status: int = 425,
     fail_open: bool = False,
+    cache_seconds: float = 5.0,
+    cache_size: int = 1024,
 ) -> Middleware:
     """An aiohttp middleware that holds requests back until their writes are processed.
 
     `status` may be 503 for clients that cannot handle 425. Errors from the
-    service are bounded by `wait` too: retries stop at the deadline.
+    service are bounded by `wait` too: retries stop at the deadline. Positive
+    answers are reused for `cache_seconds` (or less, when the answer's own
+    Cache-Control says so) for up to `cache_size` entities, least
+    recently used dropped first; either at 0 turns the cache off.
     """
-    if wait < 0 or retry_after < 0:
-        raise ValueError("wait and retry_after must not be negative")
+    if wait < 0 or retry_after < 0 or cache_seconds < 0:
+        raise ValueError("wait, retry_after and cache_seconds must not be negative")
     if status not in (425, 503):
         raise ValueError("status must be 425 or 503")
     after = str(retry_after)
     no_store = {"Retry-After": after, "Cache-Control": "no-store"}
+    cache = ProcessedCache(cache_size)
 
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -69,6 +84,8 @@ def gate_middleware(
                                     headers={"Cache-Control": "no-store"})
         deadline = time.monotonic() + wait
         for entity, timestamp in tokens:
+            if cache.covers(entity, timestamp):
+                continue
             try:
                 result = await client.check_until(entity, timestamp,
                                                   deadline - time.monotonic())
@@ -89,6 +106,10 @@ def gate_middleware(
                     f"{entity} has processed {seen}, not yet {timestamp}; retry after {after} s",
                     title="Too Early" if status == 425 else None, headers=no_store,
                     entity=entity, timestamp=timestamp, last_processed=last)
+            seconds = (cache_seconds if result.max_age is None
+                       else min(cache_seconds, result.max_age))
+            last = timestamp if result.last_processed is None else result.last_processed
+            cache.remember(entity, last, seconds)
         return await handler(request)
 
     return gate

@@ -375,3 +375,110 @@ async def test_middleware_can_answer_503_instead_of_425(
     assert response.status == 503
     body = await response.json(content_type="application/problem+json")
     assert (body["title"], body["last_processed"]) == ("Service Unavailable", None)
+
+
+# -- the middleware's cache of positive answers ----------------------------------
+
+PROCESSED_ROUTE = "/status/{entity}/processed"
+
+
+async def processed_calls(server: ServeProcess) -> float:
+    return await requests_count(server, "GET", PROCESSED_ROUTE, 200)
+
+
+async def test_middleware_does_not_call_the_service_without_a_token(
+    server: ServeProcess, api: ProcessStatusClient, aiohttp_client: MakeAppClient,
+) -> None:
+    app = await aiohttp_client(_app(api))
+    before = await processed_calls(server)
+    for _ in range(3):
+        assert (await app.get("/posts")).status == 200
+    assert await processed_calls(server) == before
+
+
+async def test_middleware_reuses_a_positive_answer(
+    server: ServeProcess, api: ProcessStatusClient, aiohttp_client: MakeAppClient,
+) -> None:
+    await api.record("cache.posts", TS)
+    app = await aiohttp_client(_app(api, cache_seconds=300))
+    before = await processed_calls(server)
+    # The same token, then an older one of the same entity: one call answers all.
+    for ts in (TS, TS, TS - 1, 1):
+        response = await app.get("/posts", headers={
+            "X-Event-Streamex-Entity-Timestamp": f"cache.posts/{ts}"})
+        assert response.status == 200, ts
+    assert await processed_calls(server) == before + 1
+    # A later timestamp is a new question.
+    response = await app.get("/posts", headers={
+        "X-Event-Streamex-Entity-Timestamp": f"cache.posts/{TS + 1}"})
+    assert response.status == 425
+    assert await processed_calls(server) == before + 2
+
+
+async def test_middleware_never_reuses_a_not_yet_answer(
+    api: ProcessStatusClient, aiohttp_client: MakeAppClient,
+) -> None:
+    app = await aiohttp_client(_app(api, wait=0, cache_seconds=300))
+    token = {"X-Event-Streamex-Entity-Timestamp": f"cache.late/{TS}"}
+    assert (await app.get("/posts", headers=token)).status == 425
+    await api.record("cache.late", TS)
+    assert (await app.get("/posts", headers=token)).status == 200
+
+
+async def test_middleware_cache_is_bounded_and_can_be_off(
+    server: ServeProcess, api: ProcessStatusClient, aiohttp_client: MakeAppClient,
+) -> None:
+    await api.record_many({"lru.a": TS, "lru.b": TS, "lru.c": TS})
+
+    async def read(app: AppClient, entity: str) -> None:
+        response = await app.get("/posts", headers={
+            "X-Event-Streamex-Entity-Timestamp": f"{entity}/{TS}"})
+        assert response.status == 200
+
+    bounded = await aiohttp_client(_app(api, cache_seconds=300, cache_size=2))
+    before = await processed_calls(server)
+    for entity in ("lru.a", "lru.b", "lru.c", "lru.c", "lru.b"):  # c evicts a
+        await read(bounded, entity)
+    assert await processed_calls(server) == before + 3
+    await read(bounded, "lru.a")  # asked again
+    assert await processed_calls(server) == before + 4
+
+    off = await aiohttp_client(_app(api, cache_seconds=0))
+    before = await processed_calls(server)
+    for _ in range(3):
+        await read(off, "lru.a")
+    assert await processed_calls(server) == before + 3
+
+
+async def test_middleware_honours_the_cache_control_of_the_answer(
+    aiohttp_server: MakeServer, aiohttp_client: MakeAppClient,
+) -> None:
+    # Stands in for a service whose processed answers carry Cache-Control.
+    calls: list[str] = []
+
+    async def processed(request: web.Request) -> web.Response:
+        entity = request.match_info["entity"]
+        calls.append(entity)
+        control = {"keep": "max-age=300", "nostore": "no-store"}[entity.split(".")[0]]
+        return web.json_response(
+            {"entity": entity, "timestamp": TS, "processed": True, "last_processed": TS},
+            headers={"Cache-Control": control})
+
+    stub_app = web.Application()
+    stub_app.router.add_get("/status/{entity}/processed", processed)
+    stub = await aiohttp_server(stub_app)
+    async with ProcessStatusClient(str(stub.make_url("/"))) as client:
+        assert (await client.check("keep.posts", TS)).max_age == 300
+        calls.clear()
+        # The shorter of the two wins: the answer's no-store over 300, cache_seconds=0 over
+        # the answer's max-age=300; with both allowing it, the second read is not asked.
+        for options, entity in (({"cache_seconds": 0}, "keep.posts"),
+                                ({"cache_seconds": 300}, "nostore.posts"),
+                                ({"cache_seconds": 300}, "keep.comments")):
+            app = await aiohttp_client(_app(client, **options))
+            for _ in range(2):
+                response = await app.get("/posts", headers={
+                    "X-Event-Streamex-Entity-Timestamp": f"{entity}/{TS}"})
+                assert response.status == 200
+    assert calls == ["keep.posts", "keep.posts", "nostore.posts", "nostore.posts",
+                     "keep.comments"]

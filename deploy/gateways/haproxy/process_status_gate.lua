@@ -28,6 +28,15 @@ local FORWARDED_HEADERS = {
 -- --gate-wait (default 0.1 s).
 local GATE_TIMEOUT_MS = 2000
 
+-- The tokens as a query string, for HAProxy's cache key (the gate itself reads
+-- only the header): every byte outside RFC 3986's unreserved set is escaped.
+local function query_of(tokens)
+    local escaped = string.gsub(table.concat(tokens, ", "), "[^%w%-%._~]", function(c)
+        return string.format("%%%02X", string.byte(c))
+    end)
+    return "?tokens=" .. escaped
+end
+
 -- HAProxy header tables are indexed from 0; accept 1-based ones too.
 local function values_of(t)
     local list = {}
@@ -58,9 +67,15 @@ core.register_action("process_status_gate", { "http-req" }, function(txn, gate_u
         end
     end
 
+    local url = gate_url
+    local tokens = headers["x-event-streamex-entity-timestamp"]
+    if tokens ~= nil then
+        url = url .. query_of(tokens)
+    end
+
     local ok, response = pcall(function()
         return core.httpclient():get({
-            url = gate_url,
+            url = url,
             dst = gate_dst,
             headers = headers,
             timeout = GATE_TIMEOUT_MS,

@@ -19,8 +19,18 @@ import pytest
 
 from tests.servers import free_port
 
-from .processes import LOOPBACK, Process, clean_environ, probe, start, stop, wait_for
+from .processes import (
+    LOOPBACK,
+    Process,
+    Service,
+    clean_environ,
+    probe,
+    start,
+    stop,
+    wait_for,
+)
 from .specs import (
+    GATE_CACHE_SECONDS,
     GATE_WAIT,
     GATEWAYS,
     UPSTREAM_BODY,
@@ -86,39 +96,42 @@ def _service_argv() -> list[str]:
 
 
 @contextmanager
-def _run_service(work: Path, *extra: str) -> Iterator[str]:
-    address = f"{LOOPBACK}:{free_port()}"
+def _run_service(work: Path, *extra: str) -> Iterator[Service]:
+    address, metrics = f"{LOOPBACK}:{free_port()}", f"{LOOPBACK}:{free_port()}"
     argv = [
         *_service_argv(),
         "serve",
         "--bind", address,
-        "--metrics-bind", f"{LOOPBACK}:{free_port()}",
+        "--metrics-bind", metrics,
         "--data-dir", str(work / "data"),
         "--durability", "snapshot",
         "--gate-wait", str(GATE_WAIT),
+        # Long enough that a cached answer cannot expire between two requests
+        # of one test, however slow the machine.
+        "--gate-cache-seconds", str(GATE_CACHE_SECONDS),
         *extra,
     ]  # fmt: skip
     (work / "data").mkdir()
     process = start("process-status", argv, clean_environ(), work / "service.log", work)
     try:
         wait_for(process, lambda: _status(probe(address, "/readyz")) == 200, "200 from /readyz")
-        yield address
+        yield Service(address, metrics, process)
     finally:
         stop(process)
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """host:port of the real `process-status serve`, ready, on a fresh data dir, no tokens."""
-    with _run_service(tmp_path_factory.mktemp("process-status")) as address:
-        yield address
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The real `process-status serve`, ready, on a fresh data dir, no tokens."""
+    with _run_service(tmp_path_factory.mktemp("process-status")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
-def service_gate_503(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service_gate_503(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Another process-status, run with `--gate-status 503`."""
-    with _run_service(tmp_path_factory.mktemp("process-status-503"), "--gate-status", "503") as a:
-        yield a
+    with _run_service(tmp_path_factory.mktemp("process-status-503"), "--gate-status", "503") as s:
+        yield s
 
 
 def _status(answer: tuple[int, bytes] | None) -> int | None:
@@ -136,58 +149,65 @@ def gateway_spec(request: pytest.FixtureRequest) -> Gateway:
 
 
 @contextmanager
-def _run_gateway(
-    spec: Gateway, addrs: Addresses, work: Path, ready_status: int
-) -> Iterator[Process]:
+def _run_gateway(spec: Gateway, addrs: Addresses, work: Path) -> Iterator[Process]:
     binary = spec.find()
     assert binary is not None
     launch = spec.prepare(binary, addrs, work, clean_environ())
     process = start(spec.name, launch.argv, launch.env, work / f"{spec.name}.log", work)
     try:
-        # Wait until a request without a token gets the expected answer, i.e. the
-        # gateway listens, has loaded its routes and has asked the gate.
+        # Wait until a request without a token reaches the read model, i.e. the
+        # gateway listens and has loaded its routes (it does not ask the gate).
         wait_for(
             process,
-            lambda: _status(probe(addrs.listen, "/")) == ready_status,
-            f"{ready_status} through the gateway",
+            lambda: _status(probe(addrs.listen, "/")) == 200,
+            "200 through the gateway",
         )
         yield process
     finally:
         stop(process)
 
 
+@contextmanager
+def _gateway_in_front_of(
+    spec: Gateway, service: Service, upstream: str, work: Path
+) -> Iterator[Stack]:
+    addrs = Addresses(listen=f"{LOOPBACK}:{free_port()}", gate=service.address,
+                      upstream=upstream)
+    with _run_gateway(spec, addrs, work) as process:
+        yield Stack(spec, process, f"http://{addrs.listen}", service.address, upstream,
+                    service.metrics)
+
+
 @pytest.fixture(scope="module")
 def gateway(
-    gateway_spec: Gateway, service: str, upstream: str, tmp_path_factory: pytest.TempPathFactory
+    gateway_spec: Gateway, service: Service, upstream: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """The gateway on its committed config, in front of the stub, gating through the service."""
     work = tmp_path_factory.mktemp(gateway_spec.name)
-    addrs = Addresses(listen=f"{LOOPBACK}:{free_port()}", gate=service, upstream=upstream)
-    with _run_gateway(gateway_spec, addrs, work, 200) as process:
-        yield Stack(gateway_spec, process, f"http://{addrs.listen}", service, upstream)
+    with _gateway_in_front_of(gateway_spec, service, upstream, work) as stack:
+        yield stack
 
 
 @pytest.fixture
-def gateway_without_service(
+def gateway_and_own_service(
     gateway_spec: Gateway, upstream: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """The same gateway and config, pointed at a loopback port where nothing listens."""
+) -> Iterator[tuple[Stack, Service]]:
+    """The same gateway and config, gating through a process-status of its own to stop."""
     work = tmp_path_factory.mktemp(f"{gateway_spec.name}-down")
-    dead = f"{LOOPBACK}:{free_port()}"
-    addrs = Addresses(listen=f"{LOOPBACK}:{free_port()}", gate=dead, upstream=upstream)
-    with _run_gateway(gateway_spec, addrs, work, gateway_spec.down_status) as process:
-        yield Stack(gateway_spec, process, f"http://{addrs.listen}", dead, upstream)
+    with _run_service(work) as own, _gateway_in_front_of(gateway_spec, own, upstream,
+                                                          work) as stack:
+        yield stack, own
 
 
 @pytest.fixture
 def gateway_gate_503(
     gateway_spec: Gateway,
-    service_gate_503: str,
+    service_gate_503: Service,
     upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """The same gateway and config, gating through the service run with `--gate-status 503`."""
     work = tmp_path_factory.mktemp(f"{gateway_spec.name}-503")
-    addrs = Addresses(listen=f"{LOOPBACK}:{free_port()}", gate=service_gate_503, upstream=upstream)
-    with _run_gateway(gateway_spec, addrs, work, 200) as process:
-        yield Stack(gateway_spec, process, f"http://{addrs.listen}", service_gate_503, upstream)
+    with _gateway_in_front_of(gateway_spec, service_gate_503, upstream, work) as stack:
+        yield stack

@@ -41,6 +41,18 @@ class Process:
         )
 
 
+@dataclass(frozen=True)
+class Service:
+    """A running `process-status serve`: its API and metrics host:port."""
+
+    address: str
+    metrics: str
+    process: Process
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
 def start(name: str, argv: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path) -> Process:
     """Start `argv` in its own session, output appended to `log`."""
     with log.open("ab") as out:

@@ -20,6 +20,8 @@ from .processes import Process
 
 # Seconds the gate holds an unprocessed request (`serve --gate-wait`).
 GATE_WAIT = 0.3
+# max-age of the gate's 200 (`serve --gate-cache-seconds`): far longer than a test.
+GATE_CACHE_SECONDS = 300
 # Body prefix of every answer from the stub read model.
 UPSTREAM_BODY = b"read-model"
 # Path on which the stub read model fails with 500 (to check it passes through).
@@ -66,9 +68,13 @@ class Gateway:
     package: str  # what to install when the binary is missing
     find: Callable[[], str | None]
     prepare: Callable[[str, Addresses, Path, dict[str, str]], Launch]
-    down_status: int  # answer when process-status cannot be reached
+    down_status: int  # answer to a token when process-status cannot be reached
     down_retry_after: bool  # whether that answer carries Retry-After
     passes_gate_body: bool  # whether the gate's problem+json body reaches the client
+    # Times a token is sent to the gate before the gateway's cache answers for it
+    # (the gate's 200, for its max-age); None when the gateway cannot cache.
+    asks_before_caching: int | None
+    fails_open: bool = False  # whether a token read goes to the upstream when the gate is down
 
     def missing_reason(self) -> str | None:
         """Why this gateway's tests must skip, or None when they can run."""
@@ -77,7 +83,7 @@ class Gateway:
             return (
                 f"{self.name} binary not found: install {self.package} (deploy/gateways/install.sh)"
             )
-        if self.name == "nginx" and not _nginx_has_auth_request(binary):
+        if self.name.startswith("nginx") and not _nginx_has_auth_request(binary):
             return f"{binary} lacks the auth_request module: install {self.package}"
         return None
 
@@ -136,19 +142,21 @@ http {{
 """
 
 
-def _prepare_nginx(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
-    env = {**base_env, **addrs.env()}
-    (work / "conf.d").mkdir()
-    render(
-        DEPLOY / "nginx" / "process-status-gate.conf",
-        work / "conf.d" / "process-status-gate.conf",
-        NGINX_PLACEHOLDERS,
-        env,
-    )
-    # As root, workers would switch to "nobody" and lose access to the 0700 temp dir.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(NGINX_MAIN.format(user=user, work=work))
-    return Launch([binary, "-e", "stderr", "-p", str(work), "-c", str(work / "nginx.conf")], env)
+def _nginx(snippet: str) -> Callable[[str, Addresses, Path, dict[str, str]], Launch]:
+    """Prepare nginx with one of the committed snippets (the default or the fail-open one)."""
+
+    def prepare(binary: str, addrs: Addresses, work: Path, base_env: dict[str, str]) -> Launch:
+        env = {**base_env, **addrs.env()}
+        (work / "conf.d").mkdir()
+        render(DEPLOY / "nginx" / snippet, work / "conf.d" / snippet, NGINX_PLACEHOLDERS, env)
+        # As root, workers would switch to "nobody" and lose access to the 0700 temp dir.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (work / "nginx.conf").write_text(NGINX_MAIN.format(user=user, work=work))
+        # -p: the snippet's relative cache path lands in this test's directory.
+        argv = [binary, "-e", "stderr", "-p", str(work), "-c", str(work / "nginx.conf")]
+        return Launch(argv, env)
+
+    return prepare
 
 
 # --- Traefik ----------------------------------------------------------------------
@@ -226,10 +234,22 @@ GATEWAYS: dict[str, Gateway] = {
             name="nginx",
             package="the Debian package 'nginx'",
             find=lambda: _which("nginx", SBIN_DIRS),
-            prepare=_prepare_nginx,
+            prepare=_nginx("process-status-gate.conf"),
             down_status=503,
             down_retry_after=True,
             passes_gate_body=False,
+            asks_before_caching=2,
+        ),
+        Gateway(
+            name="nginx-fail-open",
+            package="the Debian package 'nginx'",
+            find=lambda: _which("nginx", SBIN_DIRS),
+            prepare=_nginx("process-status-gate-fail-open.conf"),
+            down_status=200,
+            down_retry_after=False,
+            passes_gate_body=False,
+            asks_before_caching=2,
+            fails_open=True,
         ),
         Gateway(
             name="traefik",
@@ -239,6 +259,7 @@ GATEWAYS: dict[str, Gateway] = {
             down_status=500,
             down_retry_after=False,
             passes_gate_body=True,
+            asks_before_caching=None,
         ),
         Gateway(
             name="caddy",
@@ -248,6 +269,7 @@ GATEWAYS: dict[str, Gateway] = {
             down_status=503,
             down_retry_after=True,
             passes_gate_body=True,
+            asks_before_caching=None,
         ),
         Gateway(
             name="envoy",
@@ -257,6 +279,7 @@ GATEWAYS: dict[str, Gateway] = {
             down_status=503,
             down_retry_after=True,
             passes_gate_body=True,
+            asks_before_caching=None,
         ),
         Gateway(
             name="haproxy",
@@ -266,6 +289,7 @@ GATEWAYS: dict[str, Gateway] = {
             down_status=503,
             down_retry_after=True,
             passes_gate_body=True,
+            asks_before_caching=1,
         ),
     )
 }
@@ -278,5 +302,6 @@ class Stack:
     spec: Gateway
     process: Process
     url: str  # http://host:port of the gateway
-    gate: str  # host:port of process-status (or of nothing, when it is down)
+    gate: str  # host:port of process-status
     upstream: str
+    metrics: str  # host:port of process-status's /metrics
