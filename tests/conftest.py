@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,15 +10,38 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.config import Durability, Settings
+from service.config import BackendKind, Durability, Settings
 from service.web.app import create_app
+from tests.redis_servers import RedisServer, start_redis
 from tests.support import AppClient, MakeClient
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=str(tmp_path / "data"), metrics_bind=None,
+def backend_kind() -> BackendKind:
+    """Which backend `settings` uses; tests/web overrides it to run with both."""
+    return BackendKind.LOCAL
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session's in-process tests (flushed before each)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend_kind: BackendKind, request: pytest.FixtureRequest) -> Settings:
+    base = Settings(data_dir=str(tmp_path / "data"), metrics_bind=None,
                     durability=Durability.FSYNC)
+    if backend_kind is BackendKind.LOCAL:
+        return base
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    with server.client() as client:
+        client.flushall()
+    return replace(base, backend=BackendKind.REDIS, redis_url=server.url)
 
 
 @pytest.fixture
