@@ -85,11 +85,20 @@ def _intact_frame_after(view: memoryview, start: int) -> bool:
     Only runs once a damaged frame is found, to tell a torn tail from a corrupted
     length field in front of good records.
     """
+    return next_intact_frame(view, start) is not None
+
+
+def next_intact_frame(buffer: bytes | memoryview, start: int) -> int | None:
+    """The offset of the first intact frame that starts after `start`, None if none does.
+
+    A scan byte by byte: lets a salvage count the intact records behind a damaged one.
+    """
+    view = memoryview(buffer)
     end = len(view)
     for position in range(start + 1, end - HEADER.size):
         length, crc = HEADER.unpack_from(view, position)
         body_end = position + HEADER.size + length
         if 0 < length <= MAX_FRAME and body_end <= end and \
                 zlib.crc32(view[position + HEADER.size : body_end]) == crc:
-            return True
-    return False
+            return position
+    return None

@@ -6,6 +6,9 @@ replayed in LSN order; a torn record at the very end of the last segment (a
 crash mid-append) is cut off with a warning; any other damage stops recovery
 with the file and byte offset, because starting older than acknowledged would
 make gateways wait forever for work that was already done.
+
+`salvage=True` (for `process-status salvage`) stops at the first damage instead:
+the store then holds everything before it, and `Report.stopped` says where.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ class RecoveryError(Exception):
     """The data dir cannot be restored without losing acknowledged writes."""
 
 
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Where a salvage stopped: the first damage, and nothing from it on was replayed."""
+
+    reason: str
+    segment: int
+    """The journal segment (seq) holding the damage, or the missing one."""
+    offset: int
+    """Byte offset of the damage in that segment (0 when it is missing)."""
+
+
 @dataclass
 class Report:
     snapshot_entities: int = 0
@@ -37,6 +51,8 @@ class Report:
     removed: list[str] = field(default_factory=list)
     retained: list[journal.Segment] = field(default_factory=list)
     next_seq: int = 1
+    stopped: Stop | None = None
+    """Salvage only: the damage recovery stopped at (None: it read everything)."""
 
 
 def recover(
@@ -46,14 +62,20 @@ def recover(
     *,
     repair: bool = True,
     warn: Callable[[str], None] = lambda message: None,
+    salvage: bool = False,
 ) -> Report:
-    """Load `data_dir` into `store`. With repair=False nothing on disk is changed."""
+    """Load `data_dir` into `store`. With repair=False nothing on disk is changed.
+
+    With salvage=True journal damage ends the replay instead of raising (see `Stop`);
+    a damaged snapshot still raises: without it there is no base to replay onto.
+    """
+    assert not (salvage and repair), "a salvage reads only"
     # A million new entries would trigger dozens of cyclic-GC passes over a growing heap
     # (none of it can form cycles); pausing the collector takes ~15% off a restore.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _recover(files, data_dir, store, repair, warn)
+        return _recover(files, data_dir, store, repair, warn, salvage)
     finally:
         if was_enabled:
             gc.enable()
@@ -68,6 +90,7 @@ def _recover(
     store: StatusStore,
     repair: bool,
     warn: Callable[[str], None],
+    salvage: bool = False,
 ) -> Report:
     report = Report()
     if repair:
@@ -83,8 +106,14 @@ def _recover(
         report.snapshot_lsn = report.last_lsn = loaded.lsn
         report.snapshot_created_at = loaded.created_at
         first_needed = loaded.next_segment
-    _check_nothing_missing(files, data_dir, loaded is not None, first_needed)
-    _replay(files, data_dir, store, report, repair, warn, first_needed)
+    try:
+        _check_nothing_missing(files, data_dir, loaded is not None, first_needed)
+    except RecoveryError as exc:
+        if not salvage:
+            raise
+        report.stopped = Stop(str(exc), first_needed, 0)
+    else:
+        _replay(files, data_dir, store, report, repair, warn, first_needed, salvage)
     report.next_seq = max(report.next_seq, first_needed)
     store.finish_restore()
     return report
@@ -120,27 +149,37 @@ def _replay(
     repair: bool,
     warn: Callable[[str], None],
     first_needed: int,
+    salvage: bool = False,
 ) -> None:
     seqs = journal.list_segments(files, data_dir)
     raw = {seq: files.read(os.path.join(data_dir, journal.segment_name(seq))) for seq in seqs}
     valid_bytes = _abandon_markers(raw)
     for index, seq in enumerate(seqs):
         if index and seq != seqs[index - 1] + 1:
-            raise RecoveryError(
+            gap = RecoveryError(
                 f"journal segment {journal.segment_name(seqs[index - 1] + 1)} is missing in "
                 f"{data_dir}: records after it cannot be trusted"
             )
+            if not salvage:
+                raise gap
+            report.stopped = Stop(str(gap), seqs[index - 1] + 1, 0)
+            break
         name = journal.segment_name(seq)
         path = os.path.join(data_dir, name)
         data = raw[seq][: valid_bytes.get(seq, len(raw[seq]))]
         frames, damage = framing.decode(data)
+        corrupt: Stop | None = None  # salvage: replay the frames before it, then stop
         if damage is not None:
             last = index == len(seqs) - 1
             if not (damage.torn and last and seq not in valid_bytes):
-                raise RecoveryError(
+                error = RecoveryError(
                     f"journal {path} is corrupt at byte offset {damage.offset}: {damage.reason}. "
                     "Records after it would be lost; restore the file from a backup"
                 )
+                if not salvage:
+                    raise error
+                corrupt = Stop(str(error), seq, damage.offset)
+        if damage is not None and corrupt is None:
             warn(f"journal {path}: cut off a torn record at byte offset {damage.offset} "
                  f"({damage.reason}), left by a crash during a write")
             if repair:
@@ -148,15 +187,21 @@ def _replay(
             report.truncated.append(f"{name}@{damage.offset}")
         segment = journal.Segment(seq, size=damage.offset if damage else len(data))
         for offset, payload in frames:
-            lsn, moment, mutation = _parse(path, offset, payload)
+            try:
+                lsn, moment, mutation = _parse(path, offset, payload)
+                if lsn <= report.last_lsn and lsn > report.snapshot_lsn:
+                    raise RecoveryError(
+                        f"journal {path} is corrupt at byte offset {offset}: record {lsn} is "
+                        f"out of order (after {report.last_lsn})"
+                    )
+            except RecoveryError as exc:
+                if not salvage:
+                    raise
+                corrupt = Stop(str(exc), seq, offset)
+                break
             segment.max_lsn = max(segment.max_lsn, lsn)
             if isinstance(mutation, records.Abandon) or lsn <= report.snapshot_lsn:
                 continue
-            if lsn <= report.last_lsn:
-                raise RecoveryError(
-                    f"journal {path} is corrupt at byte offset {offset}: record {lsn} is out "
-                    f"of order (after {report.last_lsn})"
-                )
             if isinstance(mutation, Advance):
                 store.replay(mutation.updates, moment)
             elif isinstance(mutation, Delete):
@@ -167,6 +212,9 @@ def _replay(
             report.replayed += 1
         report.segments.append((name, len(raw[seq]), len(frames)))
         report.retained.append(segment)
+        if corrupt is not None:
+            report.stopped = corrupt
+            break
     if repair:
         _drop_covered(files, data_dir, report, first_needed)
     report.next_seq = (seqs[-1] + 1) if seqs else 1

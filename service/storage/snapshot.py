@@ -91,7 +91,31 @@ def write(
     next_segment: int = 0,
 ) -> int:
     """Atomically replace the snapshot; returns its size in bytes. Blocking: run in a thread."""
-    target = path_in(data_dir)
+    return _write(files, data_dir, path_in(data_dir), entries, names, lsn, next_segment)
+
+
+def write_file(
+    files: Files,
+    target: str,
+    entries: dict[str, Entry],
+    names: list[str],
+    lsn: int,
+    next_segment: int = 0,
+) -> int:
+    """Atomically write a snapshot-format file at any `target` path (a backup, say)."""
+    directory = os.path.dirname(target) or "."
+    return _write(files, directory, target, entries, names, lsn, next_segment)
+
+
+def _write(
+    files: Files,
+    directory: str,
+    target: str,
+    entries: dict[str, Entry],
+    names: list[str],
+    lsn: int,
+    next_segment: int,
+) -> int:
     temp = f"{target}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
     handle = files.create(temp)
     size = 0
@@ -106,7 +130,7 @@ def write(
         raise
     handle.close()
     files.replace(temp, target)
-    files.sync_dir(data_dir)
+    files.sync_dir(directory)
     return size
 
 
