@@ -25,7 +25,6 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?"
 )
-_EXACT_FLOAT = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -67,11 +66,12 @@ def parse_timestamp(value: object) -> int:
             "or an RFC 3339 date-time (e.g. 2015-01-23T23:50:07.123Z)"
         )
     if isinstance(value, float):
-        # JSON does not distinguish 2 from 2.0 (JSON Schema calls both integers); accept
-        # whole numbers a double represents exactly, refuse fractions.
-        if value.is_integer() and abs(value) <= _EXACT_FLOAT:
-            return _check_range(int(value))
-        raise PositionError("invalid timestamp: expected an integer, not a fractional number")
+        # JSON parsers hand over integers too large for 64 bits as floats as well.
+        if abs(value) >= 2**63:
+            raise PositionError(f"invalid timestamp {value:.0f}: out of range; timestamps are "
+                                f"integers from 0 to {MAX_TIMESTAMP}")
+        raise PositionError("invalid timestamp: expected an integer; a JSON number with a "
+                            "fraction or an exponent (such as 1.0 or 1e15) is not one")
     raise PositionError(f"invalid timestamp: expected an integer or a string, not {_kind(value)}")
 
 
@@ -107,7 +107,8 @@ def parse_token_header(lines: Iterable[str]) -> list[tuple[str, int]]:
 def _check_range(value: int) -> int:
     if 0 <= value <= MAX_TIMESTAMP:
         return value
-    raise PositionError(f"invalid timestamp {value}: must be between 0 and {MAX_TIMESTAMP}")
+    raise PositionError(
+            f"invalid timestamp {value}: out of range, must be between 0 and {MAX_TIMESTAMP}")
 
 
 def _from_rfc3339(text: str, match: re.Match[str]) -> int:

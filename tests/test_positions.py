@@ -36,7 +36,8 @@ def test_integer_forms_are_accepted() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [-1, MAX_TIMESTAMP + 1, "9223372036854775808", True, 1.5, None, [], {}, "", "12a",
+    [-1, MAX_TIMESTAMP + 1, "9223372036854775808", True, 1.5, 1.0, 1e15, None, [], {}, "",
+     "12a",
      "2015-13-01T00:00:00Z", "2015-01-23", "1969-12-31T23:59:59Z", "2015-01-23T23:50:07+99:00",
      " 12", "0x10"],
 )
@@ -88,3 +89,12 @@ def test_token_header_takes_commas_quotes_and_several_lines() -> None:
 def test_malformed_tokens_are_rejected(token: str) -> None:
     with pytest.raises(PositionError):
         parse_token(token)
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (1.0, "fraction or an exponent"), (1e15, "fraction or an exponent"),
+    (1e23, "out of range"), (MAX_TIMESTAMP + 1, "between 0 and"),
+])
+def test_non_integers_and_out_of_range_numbers_say_which(value: object, says: str) -> None:
+    with pytest.raises(PositionError, match=says):
+        parse_timestamp(value)

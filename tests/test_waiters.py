@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.waiters import Waiters
+from service.waiters import RELEASE_SLICE, Waiters
 from service.web.app import waiters_key
-from tests.support import AppClient, MakeClient
+from tests.support import AppClient, MakeClient, eventually, problem
 
 
 async def test_write_releases_exactly_the_waiters_it_satisfies() -> None:
@@ -110,3 +110,42 @@ async def test_thousands_of_waiters_released_by_one_batch(client: AppClient) -> 
     await client.post("/status", json={f"e{i}": 7 for i in range(50)})
     assert all(await asyncio.gather(*tasks))
     assert waiters.count == 0
+
+
+async def test_a_big_release_is_spread_over_loop_turns() -> None:
+    waiters = Waiters()
+    count = RELEASE_SLICE * 3 + 5
+    parked = [asyncio.create_task(waiters.wait("posts", index, 30)) for index in range(count)]
+    await asyncio.sleep(0)
+    assert waiters.count == count
+    waiters.notify("posts", count)
+    # Only one slice is released in this turn: the loop can serve others in between.
+    assert sum(task.done() for task in parked) == 0
+    await asyncio.sleep(0)
+    assert sum(task.done() for task in parked) == RELEASE_SLICE
+    results = await asyncio.wait_for(asyncio.gather(*parked), 5)
+    assert all(results)
+    assert waiters.count == 0
+
+
+async def test_past_max_waiters_long_polls_get_503_and_the_gate_does_not_wait(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(max_waiters=2, gate_wait=5.0)
+    await client.put("/status/posts", json={"timestamp": 1})
+    parked = [asyncio.create_task(client.get("/status/posts/processed",
+                                             params={"ts": "5", "wait": "5"}))
+              for _ in range(2)]
+    waiters = client.app[waiters_key]
+    await eventually(lambda: waiters.count == 2, "two parked long-polls")
+    refused = await client.get("/status/posts/processed", params={"ts": "5", "wait": "5"})
+    body = await problem(refused, 503)
+    assert body["type"].endswith("too-many-waiters")
+    assert refused.headers["Retry-After"] == "1"
+    started = time.monotonic()
+    gate = await client.get("/gate", headers={"X-Event-Streamex-Entity-Timestamp": "posts/5"})
+    assert gate.status == 425
+    assert time.monotonic() - started < 4  # answered without its 5 s wait
+    await client.put("/status/posts", json={"timestamp": 5})
+    for task in parked:
+        assert (await (await task).json())["processed"] is True

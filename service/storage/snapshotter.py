@@ -80,7 +80,9 @@ class Snapshotter:
         """Write a snapshot if the store changed since the last one; True if written."""
         store = self._store
         if store.version == self._version:
+            self._stats.snapshot_current_at = time.monotonic()  # nothing new to persist
             return False
+        captured_at = time.monotonic()
         started = time.perf_counter()
         if self._writer is not None:
             async with self._writer.rotated() as (lsn, next_segment):
@@ -110,6 +112,7 @@ class Snapshotter:
         elapsed = time.perf_counter() - started
         self._stats.snapshot_duration.observe(elapsed)
         self._stats.snapshot_last_success = time.time()
+        self._stats.snapshot_current_at = captured_at
         log.info("snapshot written: %d entities, %d bytes, lsn %d, %.3f s",
                  len(entries), size, lsn, elapsed)
         if self._writer is not None:

@@ -7,6 +7,7 @@ storage layer carries no metric objects or locks, and tests read the numbers dir
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ class StorageStats:
     snapshot_failures: int = 0
     snapshot_last_success: float = 0.0
     """Unix time of the last snapshot written successfully (0: none since start)."""
+    snapshot_current_at: float = field(default_factory=time.monotonic)
+    """Monotonic time at which the snapshot on disk last held the whole store: a
+    wall-clock step cannot move it, so an alert on the age never goes blind."""
 
 
 class StorageCollector(Collector):
@@ -43,6 +47,10 @@ class StorageCollector(Collector):
         yield _gauge("process_status_snapshot_last_success_timestamp_seconds",
                      "Unix time of the last snapshot written successfully.",
                      stats.snapshot_last_success)
+        yield _gauge("process_status_snapshot_age_seconds",
+                     "Seconds since the snapshot on disk last held every change (by the "
+                     "monotonic clock); alert on this rather than on the timestamp.",
+                     time.monotonic() - stats.snapshot_current_at)
         yield _histogram("process_status_snapshot_duration_seconds",
                          "Time to capture and durably write a snapshot.",
                          stats.snapshot_duration)

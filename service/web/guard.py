@@ -62,6 +62,48 @@ def guarded(
     return handler
 
 
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def expect_handler(
+    template: str, access: Access, auth: Authenticator, metrics: Metrics, max_body: int,
+    *, at_gate: bool = False,
+) -> ExpectHandler:
+    """What to do with `Expect:` before the body is sent: check the token and the declared
+    size first, so a client is told 401 or 413 instead of being invited to upload."""
+    count = metrics.requests.inc
+    needs_token = auth.needs_token(access)
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        value = request.headers.get("Expect", "")
+        problem: Problem | None = None
+        if value.lower() != "100-continue":
+            problem = Problem(417, "expectation-failed",
+                              f"unsupported Expect: {value[:40]!r}; only 100-continue is known")
+        elif needs_token:
+            token = (request.headers.get(GATE_TOKEN_HEADER) if at_gate
+                     else bearer(request.headers.get("Authorization")))
+            if not auth.allows(access, token):
+                problem = _unauthorized(access, at_gate, token)
+        if problem is None and (request.content_length or 0) > max_body:
+            problem = Problem(413, "body-too-large",
+                              f"the request body would exceed the limit of {max_body} bytes "
+                              "(--max-body-bytes); send fewer entries per request",
+                              limit=max_body)
+        if problem is not None:
+            response = problem.response()
+            response.force_close()  # the client may send the body anyway: do not read it
+            count((request.method, template, str(response.status)))
+            return response
+        if request.version >= (1, 1):
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0  # what aiohttp's own handler does: no body yet
+        return None
+
+    return expect
+
+
 def fallback(metrics: Metrics) -> View:
     """The catch-all route: 404 for unknown paths, 405 (with Allow) for a wrong method."""
     count = metrics.requests.inc

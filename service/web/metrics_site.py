@@ -1,16 +1,71 @@
-"""The metrics site: Prometheus's /metrics on a port of its own."""
+"""The metrics site: Prometheus's /metrics on a port of its own.
+
+Rendering the exposition runs on the event loop (the collectors read loop-owned
+state), so a flood of scrapes could starve the API: 8 scrapers in a loop took the
+API's p50 from 1 ms to 96 ms. Rendering therefore draws on a budget of loop time, a
+token bucket refilled at RENDER_SHARE of wall time up to RENDER_BURST seconds: Prometheus
+and people always get a fresh rendering, while past the budget a flood gets the last
+one again, so scrapes never take more than about a tenth of the loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import platform
+import time
 
+import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from service import __version__
+from service.web.auth import Access, Authenticator, bearer
+from service.web.problems import problem_response
+
+RENDER_SHARE = 0.1
+RENDER_BURST = 0.25
 
 
-def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+class Exposition:
+    def __init__(self, registry: CollectorRegistry, tokens: tuple[str, ...]) -> None:
+        self._registry = registry
+        self._auth = Authenticator((), tokens)
+        self._body = b""
+        self._budget = RENDER_BURST
+        self._checked = time.monotonic()
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if not self._auth.allows(Access.READ, bearer(request.headers.get("Authorization"))):
+            return problem_response(
+                401, "unauthorized", "/metrics needs a metrics token: send Authorization: "
+                "Bearer <token> (set in Prometheus's scrape config as authorization.credentials)",
+                headers={"WWW-Authenticate": 'Bearer realm="process-status-metrics"'})
+        now = time.monotonic()
+        self._budget = min(RENDER_BURST, self._budget + (now - self._checked) * RENDER_SHARE)
+        self._checked = now
+        if self._budget > 0 or not self._body:
+            self._body = generate_latest(self._registry)
+            self._budget -= time.monotonic() - now
+        return web.Response(body=self._body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def register_identity(registry: CollectorRegistry) -> None:
+    """What is running: build info, and the process and platform collectors (RSS, open
+    fds, start time, CPU) that the private registry does not get by default."""
+    info = Gauge("process_status_build_info", "Always 1; the labels say what is running.",
+                 ["version", "python", "aiohttp"], registry=registry)
+    info.labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+
+def create_metrics_app(registry: CollectorRegistry, tokens: tuple[str, ...]) -> web.Application:
     app = web.Application()
-    handler: Callable[[web.Request], object] = make_aiohttp_handler(registry)
-    app.router.add_get("/metrics", handler)  # type: ignore[arg-type]
+    app.router.add_get("/metrics", Exposition(registry, tokens).metrics)
     return app

@@ -9,7 +9,7 @@ from aiohttp import web
 from service.metrics import Metrics
 from service.web.auth import Access, Authenticator
 from service.web.gate import GateView
-from service.web.guard import View, fallback, guarded
+from service.web.guard import View, expect_handler, fallback, guarded
 from service.web.probes import ProbeViews
 from service.web.status_views import StatusViews
 
@@ -28,6 +28,7 @@ class Route(NamedTuple):
 
 def setup_routes(
     app: web.Application,
+    max_body: int,
     auth: Authenticator,
     metrics: Metrics,
     status: StatusViews,
@@ -50,14 +51,19 @@ def setup_routes(
               at_gate=True),
         Route("GET", "/healthz", "/healthz", probes.healthz, Access.OPEN),
         Route("GET", "/readyz", "/readyz", probes.readyz, Access.OPEN),
+        Route("GET", "/readyz/writes", "/readyz/writes", probes.writable, Access.OPEN),
         Route("GET", "/openapi.yaml", "/openapi.yaml", probes.openapi, Access.OPEN),
     ]
     router = app.router
     for route in table:
         handler = guarded(route.view, route.template, route.access, auth, metrics,
                           at_gate=route.at_gate)
-        router.add_route(route.method, route.path, handler)
+        expect = expect_handler(route.template, route.access, auth, metrics, max_body,
+                                at_gate=route.at_gate)
+        router.add_route(route.method, route.path, handler, expect_handler=expect)
         if route.method == "GET":
-            router.add_route("HEAD", route.path, handler)
+            router.add_route("HEAD", route.path, handler, expect_handler=expect)
     # Last, so every real route is tried first.
-    router.add_route("*", r"/{path:[\s\S]*}", fallback(metrics))
+    miss = fallback(metrics)
+    # An unknown route answers 404/405 at once, before any 100 Continue.
+    router.add_route("*", r"/{path:[\s\S]*}", miss, expect_handler=miss)

@@ -3,7 +3,7 @@
 `process-status serve` uses `Server` programmatically. For gunicorn run by hand,
 `service.web.server:app_factory` builds the app from PROCESS_STATUS_* env vars:
 
-    gunicorn 'service.web.server:app_factory' -k aiohttp.GunicornUVLoopWebWorker -w 1
+    gunicorn 'service.web.server:app_factory' -k service.web.worker.Worker -w 1
 
 More than one worker cannot work (each would hold its own state): the data-dir
 lock makes the second worker fail to boot, and gunicorn then stops.
@@ -11,9 +11,12 @@ lock makes the second worker fail to boot, and gunicorn then stops.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,11 +26,19 @@ from aiohttp import web
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from service.config import Settings, from_sources
+from service import __version__
+from service.config import BackendKind, Settings, from_sources, option
 from service.logs import logconfig_dict
-from service.web.app import create_app
+from service.storage.redis.connection import redacted
+from service.web.app import connections_key, create_app
+from service.web.connections import GuardedRunner, Limits
 
-WORKER_CLASS = "aiohttp.GunicornUVLoopWebWorker"
+WORKER_CLASS = "service.web.worker.Worker"
+log = logging.getLogger("process_status.server")
+# Descriptors kept back from --max-connections: journal segments, the snapshot, the
+# metrics site's connections, logs. Past the fd limit accept() fails (EMFILE) and so
+# does the journal.
+FD_RESERVE = 256
 
 
 def make_factory(settings: Settings) -> Callable[[], Awaitable[web.AppRunner]]:
@@ -35,13 +46,12 @@ def make_factory(settings: Settings) -> Callable[[], Awaitable[web.AppRunner]]:
         # Our own runner, so shutdown_timeout is ours (gunicorn's default would be 95% of
         # graceful_timeout, leaving no room for the final snapshot) and access logging is
         # off unless asked for: it costs more than half the throughput.
-        access_log = None
-        if settings.access_log:
-            import logging
-
-            access_log = logging.getLogger("aiohttp.access")
-        return web.AppRunner(
-            create_app(settings),
+        access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+        app = create_app(settings)
+        return GuardedRunner(
+            app, site="api", limits=Limits(connection_limit(settings.max_connections),
+                                           settings.header_timeout),
+            stats=app[connections_key]["api"],
             shutdown_timeout=settings.shutdown_timeout,
             handler_cancellation=True,
             access_log=access_log,
@@ -49,6 +59,75 @@ def make_factory(settings: Settings) -> Callable[[], Awaitable[web.AppRunner]]:
         )
 
     return factory
+
+
+def preflight(settings: Settings) -> str | None:
+    """What would make the start fail, said in one line naming the flag to change.
+
+    gunicorn would otherwise retry a taken port for five seconds and end with a line that
+    names no flag, and a bad data dir would surface as an errno deep in the worker.
+    """
+    for flag, address in (("--bind", settings.bind), ("--metrics-bind", settings.metrics_bind)):
+        if address is None or address.port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address.host, address.port))
+            except OSError as exc:
+                return (f"{flag} {address} cannot be bound ({exc.strerror}): another process "
+                        f"listens there, or the address is not this host's; choose another "
+                        f"with {flag} or {option(flag).env}")
+    data_dir = settings.data_dir
+    env = option("--data-dir").env
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        return f"--data-dir {data_dir} is not a directory; point --data-dir or {env} at one"
+    existing = data_dir if os.path.isdir(data_dir) else os.path.dirname(
+        os.path.abspath(data_dir))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"--data-dir {data_dir}: {existing} is not writable by this user; fix its "
+                f"permissions or mount, or point --data-dir or {env} elsewhere")
+    return None
+
+
+def describe(settings: Settings) -> str:
+    """The one start-up line: what runs, where, and who may write."""
+    if settings.backend is BackendKind.LOCAL:
+        storage = f"local backend ({settings.durability} durability, data dir {settings.data_dir})"
+    else:
+        storage = f"redis backend ({redacted(settings.redis_url)})"
+    writes = "need a write token" if settings.write_tokens else "ANONYMOUS"
+    reads = "need a read token" if settings.read_tokens else "open"
+    metrics = "off" if settings.metrics_bind is None else f"http://{settings.metrics_bind}"
+    scheme = "https" if settings.tls_cert else "http"
+    return (f"process-status {__version__} starting: api {scheme}://{settings.bind}, metrics "
+            f"{metrics}, {storage}; writes {writes}, reads {reads}")
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one: 1,024 is a common soft limit,
+    and ~1,100 idle connections were enough to make the journal fail with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return
+    log.info("open-file limit %d (was %d, hard limit %d)", hard, soft, hard)
+
+
+def connection_limit(wanted: int) -> int:
+    """--max-connections, lowered to fit the open-file limit (with a warning)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = max(16, soft - FD_RESERVE)
+    if wanted > room:
+        log.warning("--max-connections %d does not fit the open-file limit %d: using %d; "
+                    "raise the limit (ulimit -n, LimitNOFILE=) to allow more", wanted, soft,
+                    room)
+        return room
+    return wanted
 
 
 async def app_factory() -> web.AppRunner:
@@ -73,6 +152,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             # The worker heartbeat; the loop never blocks (disk I/O runs on a thread).
             "timeout": 30,
             "keepalive": math.ceil(settings.keep_alive),
+            "backlog": settings.backlog,
             "loglevel": settings.log_level,
             "logconfig_dict": logconfig_dict(settings.log_level),
             "accesslog": None,
@@ -81,6 +161,9 @@ class Server(BaseApplication):  # type: ignore[misc]
             # one user would clobber each other's.
             "control_socket_disable": True,
         }
+        if settings.tls_cert is not None:
+            config["certfile"] = settings.tls_cert
+            config["keyfile"] = settings.tls_key
         for key, value in config.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
@@ -89,6 +172,16 @@ class Server(BaseApplication):  # type: ignore[misc]
         return make_factory(self.settings)
 
     def run(self) -> None:
+        problem = preflight(self.settings)
+        if problem is not None:
+            log.critical("cannot start: %s", problem)
+            sys.exit(1)
+        raise_fd_limit()
+        log.info("%s", describe(self.settings))
+        if not self.settings.write_tokens:
+            log.warning("writes need no token: anyone who can reach %s can record, delete and "
+                        "reset positions; set PROCESS_STATUS_WRITE_TOKENS or "
+                        "--write-tokens-file", self.settings.bind)
         try:
             _Arbiter(self).run()
         except RuntimeError as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,9 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
-from tests.servers import ROOT, serving
+from tests.servers import ROOT, request, serving
 
-SPEC = ROOT / "service" / "openapi.yaml"
+SPEC = ROOT / "openapi.yaml"
 TOKEN = "schemathesis-write-token-0123456789"
 MAX_WAIT = 0.2
 
@@ -67,7 +69,26 @@ def test_service_conforms_to_spec(tmp_path: Path, selection: list[str],
         ]
         if excluded:
             command += ["--exclude-checks", ",".join(excluded)]
+        hooks = {"SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
         result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                                cwd=tmp_path)
+                                cwd=tmp_path, env={**os.environ, **hooks})
         assert "Internal Server Error" not in server.log()
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_the_served_spec_is_the_repository_s(tmp_path: Path) -> None:
+    with serving(tmp_path / "data") as server:
+        status, headers, body = request("GET", server.url + "/openapi.yaml")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/yaml")
+    assert body == SPEC.read_bytes()
+
+
+def test_a_built_wheel_carries_the_spec_itself(tmp_path: Path) -> None:
+    """service/openapi.yaml is a link to the root file; an installed package needs the bytes."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "--quiet", "-w", str(tmp_path), str(ROOT)], check=True, timeout=300,
+                   capture_output=True)
+    wheel = next(tmp_path.glob("process_status-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("service/openapi.yaml") == SPEC.read_bytes()

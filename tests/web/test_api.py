@@ -185,7 +185,8 @@ async def test_router_errors_are_problems(client: AppClient) -> None:
 
 async def test_health_readiness_and_spec(client: AppClient) -> None:
     assert await (await client.get("/healthz")).json() == {"status": "ok"}
-    assert await (await client.get("/readyz")).json() == {"status": "ready"}
+    assert await (await client.get("/readyz")).json() == {"status": "ready", "writable": True}
+    assert await (await client.get("/readyz/writes")).json() == {"status": "writable"}
     response = await client.get("/openapi.yaml")
     assert response.status == 200
     assert b"openapi:" in await response.read()
@@ -227,3 +228,27 @@ async def test_gate_reads_its_token_from_a_dedicated_header(make_client: MakeCli
     response = await client.get("/gate", headers={"Authorization": f"Bearer {READ}"})
     assert "X-Process-Status-Token" in (await problem(response, 401))["detail"]
     assert (await client.get("/gate", headers={"X-Process-Status-Token": READ})).status == 200
+
+
+async def test_a_repeated_entity_in_a_batch_counts_at_its_largest_timestamp(
+    client: AppClient,
+) -> None:
+    response = await client.post("/status", data=b'{"dk": 10, "dk": 1, "other": 3}',
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 200
+    assert (await response.json())["results"]["dk"] == {"timestamp": 10, "advanced": True}
+    assert (await (await client.get("/status/dk")).json())["timestamp"] == 10
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"timestamp": 1.0}', "fraction or an exponent"),
+    (b'{"timestamp": 1e15}', "fraction or an exponent"),
+    (b'{"timestamp": 99999999999999999999999}', "out of range"),
+])
+async def test_timestamps_must_be_integer_literals(client: AppClient, body: bytes,
+                                                   says: str) -> None:
+    for method, path, payload in (("PUT", "/status/posts", body),
+                                  ("POST", "/status", body.replace(b'"timestamp"', b'"posts"'))):
+        found = await problem(await client.request(method, path, data=payload), 400)
+        assert says in found["detail"], (method, found)
+    assert (await client.get("/status/posts")).status == 404

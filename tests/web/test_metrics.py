@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from prometheus_client import CollectorRegistry
 
+from service.config import BackendKind
 from service.counters import LoopHistogram
+from service.storage.local import LocalBackend
+from service.web.app import backend_key
 from tests.support import MakeClient
 
 
@@ -67,3 +73,26 @@ def test_loop_histogram_buckets_are_cumulative_and_inclusive() -> None:
     assert sample(registry, "h_seconds_bucket", route="/x", le="+Inf") == 4
     assert sample(registry, "h_seconds_count", route="/x") == 4
     assert sample(registry, "h_seconds_sum", route="/x") == 2.65
+
+
+@pytest.mark.parametrize("backend_kind", [BackendKind.LOCAL])  # snapshots are local-only
+async def test_snapshot_age_ignores_a_wall_clock_step(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = CollectorRegistry()
+    client = await make_client(registry=registry, snapshot_interval=3600)
+    backend = client.app[backend_key]
+    assert isinstance(backend, LocalBackend)
+    await client.put("/status/posts", json={"timestamp": 1})
+    assert await backend.snapshot()
+    written = sample(registry, "process_status_snapshot_last_success_timestamp_seconds")
+    assert abs(written - time.time()) < 60
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)  # the clock steps back an hour
+    await client.put("/status/posts", json={"timestamp": 2})
+    assert await backend.snapshot()
+    # The timestamp follows the wall clock back an hour: `time() - timestamp` would read an
+    # hour too old (or, stepped forward, an hour in the future and blind). The age does not.
+    stepped = sample(registry, "process_status_snapshot_last_success_timestamp_seconds")
+    assert written - stepped > 3000
+    assert 0 <= sample(registry, "process_status_snapshot_age_seconds") < 60

@@ -62,7 +62,8 @@ def parse_timestamp(text: str) -> int:
                                 "(e.g. 1422057007123000) or an RFC 3339 date-time")
         value = _from_rfc3339(text, match)
     if not 0 <= value <= MAX_TIMESTAMP:
-        raise PositionError(f"invalid timestamp {value}: must be between 0 and {MAX_TIMESTAMP}")
+        raise PositionError(
+            f"invalid timestamp {value}: out of range, must be between 0 and {MAX_TIMESTAMP}")
     return value
 
 
