@@ -37,7 +37,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE openapi.yaml ./
+# service/openapi.yaml links to ../openapi.yaml; the wheel gets the file itself.
 COPY service/ service/
 RUN pip install . \
  && python -c "import importlib.resources as r; assert r.files('service').joinpath('openapi.yaml').is_file()"

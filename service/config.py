@@ -12,7 +12,7 @@ import argparse
 import enum
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.positions import POSITION_HEADER
@@ -31,6 +31,13 @@ class Durability(enum.StrEnum):
     FSYNC = "fsync"
     BATCH = "batch"
     SNAPSHOT = "snapshot"
+
+
+class BackendKind(enum.StrEnum):
+    """Where writes are made durable: see the README's "Scale out"."""
+
+    LOCAL = "local"
+    REDIS = "redis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +76,29 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     entity_metrics_limit: int = 1000
     max_wait: float = 30.0
+    max_waiters: int = 10_000
     gate_wait: float = 0.1
     retry_after: int = 1
     token_header: str = POSITION_HEADER
     gate_status: int = 425
+    gate_cache_seconds: int = 5
     keep_alive: float = 75.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 10_000
+    backlog: int = 2048
+    metrics_tokens: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
     shutdown_timeout: float = 5.0
     log_level: str = "info"
     access_log: bool = False
+    backend: BackendKind = BackendKind.LOCAL
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str | None = field(default=None, repr=False)
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 0.1
+    redis_stream_maxlen: int = 100_000
 
     @property
     def graceful_timeout(self) -> float:
@@ -143,6 +165,32 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def _redis_url(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in REDIS_SCHEMES or not rest:
+        raise ValueError("expected redis://HOST:PORT[/DB], rediss://... (TLS), unix:///PATH or "
+                         "redis+sentinel://HOST:PORT,HOST:PORT/MASTERNAME[/DB]")
+    if "@" in rest.partition("/")[0] and ":" in rest.partition("@")[0]:
+        raise ValueError("put no password in the URL (it would show in logs and `ps`): use "
+                         f"{ENV_PREFIX}REDIS_PASSWORD or --redis-password-file")
+    return text
+
+
+def _duration(text: str) -> float:
+    """Seconds, or milliseconds with an `ms` suffix: 0.1, 0.1s and 100ms are the same."""
+    lowered = text.strip().lower()
+    if lowered.endswith("ms"):
+        value = float(lowered[:-2]) / 1000
+    else:
+        value = float(lowered.removesuffix("s"))
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a duration > 0: seconds (0.1, 0.1s) or milliseconds (100ms)")
+    return value
+
+
 def _gate_status(text: str) -> int:
     if text not in ("425", "503"):
         raise ValueError("must be 425 (Too Early) or 503 (for clients that cannot handle 425)")
@@ -152,6 +200,15 @@ def _gate_status(text: str) -> int:
 def _header_name(text: str) -> str:
     if not text or any(not (c.isalnum() or c in "-_") for c in text):
         raise ValueError("must be an HTTP header name of letters, digits, '-' and '_'")
+    return text
+
+
+def _readable_file(text: str) -> str:
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror}") from None
     return text
 
 
@@ -207,18 +264,46 @@ OPTIONS = (
     Option("--entity-metrics-limit", _non_negative_int, "entities exported as per-entity "
            "metrics", "N"),
     Option("--max-wait", _non_negative_float, "longest ?wait= a client may ask for", "SECONDS"),
+    Option("--max-waiters", _positive_int, "requests that may wait at once (long-polls and the "
+           "gate)", "N"),
     Option("--gate-wait", _non_negative_float, "how long the gate waits before answering 425",
            "SECONDS"),
     Option("--retry-after", _non_negative_int, "Retry-After seconds on a gate 425", "SECONDS"),
     Option("--token-header", _header_name, "header carrying entity/ts tokens", "NAME"),
     Option("--gate-status", _gate_status, "status when not processed: 425 or 503", "STATUS"),
+    Option("--gate-cache-seconds", _non_negative_int, "max-age of the gate's 200 (a processed "
+           "position stays processed); 0 = no-store", "SECONDS"),
     Option("--keep-alive", _positive_float, "idle keep-alive seconds (raise behind a pooling "
            "proxy)", "SECONDS"),
+    Option("--header-timeout", _positive_float, "seconds a request's headers may take to "
+           "arrive (then 408)", "SECONDS"),
+    Option("--body-timeout", _positive_float, "seconds a request body may take to arrive "
+           "(then 408)", "SECONDS"),
+    Option("--max-connections", _positive_int, "open API connections; at the limit the oldest "
+           "idle one is closed, else the new one gets 503", "N"),
+    Option("--backlog", _positive_int, "listen backlog of the API socket", "N"),
+    Option("--tls-cert", _readable_file, "PEM certificate (chain) to serve the API over HTTPS",
+           "FILE"),
+    Option("--tls-key", _readable_file, "PEM private key of --tls-cert", "FILE"),
+    Option("--metrics-tokens-file", str, "file with one token per line that /metrics then "
+           "requires", "FILE"),
     Option("--shutdown-timeout", _positive_float, "seconds in-flight requests get on SIGTERM",
            "SECONDS"),
     Option("--log-level", _choice(*LOG_LEVELS), "debug | info | warning | error", "LEVEL"),
     Option("--access-log", _bool, "log every request (costs over half the throughput)",
            is_switch=True),
+    Option("--backend", lambda text: BackendKind(_choice(*BackendKind)(text)),
+           "local | redis (see README, Scale out)", "KIND"),
+    Option("--redis-url", _redis_url, "redis://, rediss:// or redis+sentinel://H:P,H:P/MASTER",
+           "URL"),
+    Option("--redis-password-file", str, "file holding the Redis password (also "
+           f"{ENV_PREFIX}REDIS_PASSWORD)", "FILE"),
+    Option("--redis-wait-replicas", _non_negative_int, "acknowledge a write only once this many "
+           "Redis replicas have it (WAIT)", "N"),
+    Option("--redis-wait-timeout", _duration, "how long WAIT may take: seconds, or 100ms",
+           "DURATION"),
+    Option("--redis-stream-maxlen", _positive_int, "stream entries Redis keeps (MAXLEN ~); a "
+           "replica further behind resyncs", "N"),
 )
 
 DEFAULTS = Settings()
@@ -261,6 +346,12 @@ def from_sources(args: argparse.Namespace, environ: Mapping[str, str]) -> Settin
     read_file = values.pop("read_tokens_file", None)
     values["write_tokens"] = _tokens(environ, "WRITE_TOKENS", write_file, "--write-tokens-file")
     values["read_tokens"] = _tokens(environ, "READ_TOKENS", read_file, "--read-tokens-file")
+    values["metrics_tokens"] = _tokens(environ, "METRICS_TOKENS",
+                                       values.pop("metrics_tokens_file", None),
+                                       "--metrics-tokens-file")
+    values["redis_password"] = _secret(environ, "REDIS_PASSWORD",
+                                       values.pop("redis_password_file", None),
+                                       "--redis-password-file")
     settings = Settings(**values)
     _check(settings)
     return settings
@@ -288,6 +379,17 @@ def _tokens(
     return found
 
 
+def _secret(environ: Mapping[str, str], name: str, path: str | None, flag: str) -> str | None:
+    """A secret from the file (first line) or else the env var; never echoed in errors."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path!r} cannot be read: {exc.strerror}") from None
+    return environ.get(ENV_PREFIX + name) or None
+
+
 def _check(settings: Settings) -> None:
     if not settings.bind.is_loopback and not settings.write_tokens and \
             not settings.allow_anonymous_writes:
@@ -299,5 +401,8 @@ def _check(settings: Settings) -> None:
     if settings.metrics_bind is not None and settings.metrics_bind == settings.bind and \
             settings.bind.port != 0:
         raise ConfigError("--metrics-bind must differ from --bind: metrics have their own port")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both (PEM files), or "
+                          "neither and terminate TLS in front of the service")
     if settings.token_header.lower() in ("authorization", "x-process-status-token"):
         raise ConfigError("--token-header must not be Authorization or X-Process-Status-Token")

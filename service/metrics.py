@@ -49,6 +49,11 @@ class Metrics:
             "process_status_waiters", "Requests waiting for an entity to advance.",
             registry=registry,
         )
+        self.waiters_limit = Gauge(
+            "process_status_waiters_limit",
+            "--max-waiters: past it, long-polls get 503 and the gate answers without waiting.",
+            registry=registry,
+        )
         self.wait_duration = Histogram(
             "process_status_wait_duration_seconds",
             "How long waiting requests (long-poll and gate) were held.",

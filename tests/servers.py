@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,10 +46,12 @@ class ServeProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     args: list[str] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
+    """The client context trusting the API's certificate, when it serves HTTPS."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def metrics_url(self) -> str:
@@ -63,7 +66,7 @@ class ServeProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError), urllib.request.urlopen(
-                self.url + "/readyz", timeout=1
+                self.url + "/readyz", timeout=1, context=self.tls
             ) as response:
                 if response.status == 200:
                     return
@@ -93,6 +96,7 @@ def start_serve(
     env: Mapping[str, str] | None = None,
     wait: bool = True,
     bind_host: str = "127.0.0.1",
+    tls: ssl.SSLContext | None = None,
 ) -> ServeProcess:
     """Start `process-status serve` in its own process group on free ports.
 
@@ -114,7 +118,7 @@ def start_serve(
             command, stdout=log, stderr=subprocess.STDOUT, env=environment,
             start_new_session=True, cwd=ROOT,
         )
-    server = ServeProcess(data_dir, port, metrics_port, process, log_path, command)
+    server = ServeProcess(data_dir, port, metrics_port, process, log_path, command, tls)
     if wait:
         try:
             server.wait_ready()
@@ -127,9 +131,9 @@ def start_serve(
 @contextlib.contextmanager
 def serving(
     data_dir: Path, *args: str, env: Mapping[str, str] | None = None,
-    bind_host: str = "127.0.0.1",
+    bind_host: str = "127.0.0.1", tls: ssl.SSLContext | None = None,
 ) -> Iterator[ServeProcess]:
-    server = start_serve(data_dir, *args, env=env, bind_host=bind_host)
+    server = start_serve(data_dir, *args, env=env, bind_host=bind_host, tls=tls)
     try:
         yield server
     finally:

@@ -16,7 +16,7 @@ from process_status_client import wire as client_wire
 from service.web import wire as server_wire
 from tests.servers import ROOT
 
-SPEC: dict[str, Any] = yaml.safe_load((ROOT / "service" / "openapi.yaml").read_text())
+SPEC: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())
 KINDS = set(SPEC["components"]["schemas"]["Problem"]["properties"]["type"]["x-problem-kinds"])
 HEADERS = {item["name"] for group in ("parameters", "securitySchemes")
            for item in SPEC["components"][group].values() if item.get("in") == "header"}

@@ -45,11 +45,17 @@ class Backend(Protocol):
         """Make `mutation` durable, apply it, and return the store's answer.
 
         `reserved` entity slots (see StatusStore.reserve) are released once the
-        write is applied or rejected. Raises WriteFailed.
+        write is applied or rejected. Raises WriteFailed; for an Advance, a backend
+        that counts entities itself (Redis) may raise store.CapacityError.
         """
         ...
 
     @property
-    def health(self) -> str | None:
-        """None while writes can be made durable, else why not (for /readyz)."""
+    def readiness(self) -> str | None:
+        """None once the store can serve reads (restored, or first synced), else why not."""
+        ...
+
+    @property
+    def write_health(self) -> str | None:
+        """None while writes can be made durable, else why not."""
         ...

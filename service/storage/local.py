@@ -102,7 +102,11 @@ class LocalBackend:
         self._lock.release()
 
     @property
-    def health(self) -> str | None:
+    def readiness(self) -> str | None:
+        return "state is still being restored" if self._snapshotter is None else None
+
+    @property
+    def write_health(self) -> str | None:
         if self._snapshotter is None:
             return "state is still being restored"
         if self.writer is not None and self.writer.failure is not None:

@@ -11,21 +11,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from aiohttp import web, web_response
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 
 from service import looplag
 from service.config import Settings
 from service.metrics import Metrics
 from service.storage.backend import Backend, StartFailed
 from service.storage.files import Files
-from service.storage.local import LocalBackend, LocalOptions
-from service.storage.stats import StorageCollector
 from service.store import StatusStore
 from service.waiters import Waiters
 from service.web.auth import Authenticator
+from service.web.backends import create_backend
+from service.web.connections import ConnectionCollector, ConnectionStats, GuardedRunner, Limits
 from service.web.gate import GateView
-from service.web.metrics_site import create_metrics_app
+from service.web.metrics_site import create_metrics_app, register_identity
 from service.web.probes import ProbeViews
 from service.web.routes import setup_routes
 from service.web.status_views import StatusViews
@@ -34,9 +34,12 @@ log = logging.getLogger("process_status.app")
 
 settings_key = web.AppKey("settings", Settings)
 store_key = web.AppKey("store", StatusStore)
-backend_key = web.AppKey("backend", LocalBackend)
+backend_key = web.AppKey("backend", Backend)
 waiters_key = web.AppKey("waiters", Waiters)
 metrics_key = web.AppKey("metrics", Metrics)
+connections_key = web.AppKey("connections", dict[str, ConnectionStats])
+"""Connection counts per site ("api", "metrics"), filled by the runners' servers."""
+METRICS_SITE_CONNECTIONS = 64
 
 WORKER_BOOT_ERROR = 3
 
@@ -49,19 +52,23 @@ def create_app(
 ) -> web.Application:
     # `*_created` series double the scrape and nobody graphs them (process-wide switch).
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    # aiohttp names itself and Python with their versions in every `Server` header, which
+    # only helps whoever looks for a known hole (process-wide; aiohttp reads it per response).
+    web_response.SERVER_SOFTWARE = "process-status"  # type: ignore[attr-defined]
     store = StatusStore(settings.max_entities)
-    waiters = Waiters()
+    waiters = Waiters(settings.max_waiters)
     store.subscribe(waiters.notify)
     metrics = Metrics(registry or CollectorRegistry(), store, settings.entity_metrics_limit)
     metrics.waiters.set_function(lambda: waiters.count)
-    backend = LocalBackend(
-        LocalOptions(data_dir=settings.data_dir, durability=settings.durability,
-                     snapshot_interval=settings.snapshot_interval,
-                     fsync_interval=settings.fsync_interval,
-                     journal_max_bytes=settings.journal_max_bytes),
-        store, files,
-    )
-    metrics.registry.register(StorageCollector(backend.stats))
+    metrics.waiters_limit.set(settings.max_waiters)
+    backend = create_backend(settings, store, metrics.registry, files)
+    writable = Gauge("process_status_writable",
+                     "1 while writes can be made durable (journal or Redis healthy), else 0.",
+                     registry=metrics.registry)
+    writable.set_function(lambda: float(backend.write_health is None))
+    register_identity(metrics.registry)
+    connections = {"api": ConnectionStats(), "metrics": ConnectionStats()}
+    metrics.registry.register(ConnectionCollector(connections))
     # No middlewares: see service.web.guard for why each route is wrapped instead.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
@@ -69,7 +76,9 @@ def create_app(
     app[backend_key] = backend
     app[waiters_key] = waiters
     app[metrics_key] = metrics
-    setup_routes(app, Authenticator(settings.write_tokens, settings.read_tokens), metrics,
+    app[connections_key] = connections
+    setup_routes(app, settings.max_body_bytes,
+                 Authenticator(settings.write_tokens, settings.read_tokens), metrics,
                  StatusViews(settings, store, backend, waiters, metrics),
                  GateView(settings, store, waiters, metrics), ProbeViews(backend))
     app.cleanup_ctx.append(_backend)
@@ -96,11 +105,18 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
-    bind = app[settings_key].metrics_bind
+    settings = app[settings_key]
+    bind = settings.metrics_bind
     if bind is None:
         yield
         return
-    runner = web.AppRunner(create_metrics_app(app[metrics_key].registry), access_log=None)
+    # The same keep-alive and timeouts as the API (aiohttp's default keep-alive is an hour),
+    # and a small connection cap of its own: Prometheus needs one or two.
+    runner = GuardedRunner(
+        create_metrics_app(app[metrics_key].registry, settings.metrics_tokens),
+        site="metrics", limits=Limits(METRICS_SITE_CONNECTIONS, settings.header_timeout),
+        stats=app[connections_key]["metrics"], access_log=None,
+        keepalive_timeout=settings.keep_alive)
     await runner.setup()
     try:
         await web.TCPSite(runner, bind.host, bind.port).start()

@@ -21,10 +21,23 @@ class ProbeViews:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        problem = self._backend.health
+        """Ready = can serve reads. A journal or Redis fault refuses writes (503) but must
+        not take the replica out of its load balancer: reads, the gate and long-polls
+        still work from the local copy, and they are most of the traffic."""
+        problem = self._backend.readiness
         if problem is not None:
             raise Problem(503, "not-ready", problem)
-        return json_response({"status": "ready"})
+        trouble = self._backend.write_health
+        if trouble is None:
+            return json_response({"status": "ready", "writable": True})
+        return json_response({"status": "ready", "writable": False, "detail": trouble})
+
+    async def writable(self, request: web.Request) -> web.Response:
+        """For whoever routes writes (or alerts): 503 while writes cannot be made durable."""
+        trouble = self._backend.write_health
+        if trouble is not None:
+            raise Problem(503, "not-writable", trouble, headers={"Retry-After": "1"})
+        return json_response({"status": "writable"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._spec, content_type="application/yaml")

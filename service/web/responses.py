@@ -12,9 +12,11 @@ from service.web.wire import POSITION_HEADER
 _JSON = {"Content-Type": "application/json"}
 
 
-def json_response(data: Any, status: int = 200, position: str | None = None) -> web.Response:
-    """`position` (an `entity/ts` string) goes out in the position header."""
+def json_response(data: Any, status: int = 200, position: str | None = None,
+                  headers: dict[str, str] = _JSON) -> web.Response:
+    """`position` (an `entity/ts` string) goes out in the position header; `headers` must
+    carry the Content-Type (the default is shared, never modified)."""
     if position is None:
-        return web.Response(body=orjson.dumps(data), status=status, headers=_JSON)
+        return web.Response(body=orjson.dumps(data), status=status, headers=headers)
     return web.Response(body=orjson.dumps(data), status=status,
-                        headers={"Content-Type": "application/json", POSITION_HEADER: position})
+                        headers={**headers, POSITION_HEADER: position})

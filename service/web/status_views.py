@@ -6,11 +6,8 @@ hot path does no per-request lookups of app state.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from service.config import Settings
@@ -19,9 +16,12 @@ from service.positions import PositionError, check_entity, format_token, parse_t
 from service.storage.backend import Backend, WriteFailed
 from service.store import Advance, CapacityError, Delete, Outcome, Reset, StatusStore
 from service.timefmt import rfc3339
-from service.waiters import Waiters
+from service.waiters import Waiters, WaitersFull
+from service.web.bodies import BodyReader, Pairs
 from service.web.problems import Problem
 from service.web.responses import json_response
+
+_NOT_CACHED = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 _MAX_LIST = 10_000
 _DEFAULT_LIST = 1000
@@ -38,6 +38,11 @@ class StatusViews:
         metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.bodies = BodyReader(settings.max_body_bytes, settings.body_timeout)
+        cache = settings.gate_cache_seconds
+        self._processed_headers = {
+            "Content-Type": "application/json",
+            "Cache-Control": f"max-age={cache}" if cache > 0 else "no-store"}
         self.store = store
         self.backend = backend
         self.waiters = waiters
@@ -46,7 +51,7 @@ class StatusViews:
 
     async def put_status(self, request: web.Request) -> web.Response:
         entity = _entity(request)
-        body = await _json_body(request, self.settings.max_body_bytes)
+        body = await self.bodies.json(request)
         if not isinstance(body, dict) or len(body) != 1 or "timestamp" not in body:
             raise Problem(400, "invalid-body",
                           'expected a JSON object with exactly one member: {"timestamp": <ts>}')
@@ -59,8 +64,8 @@ class StatusViews:
         )
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, self.settings.max_body_bytes)
-        if not isinstance(body, dict) or not body:
+        body = await self.bodies.pairs(request)
+        if not isinstance(body, Pairs) or not body:
             raise Problem(400, "invalid-body",
                           'expected a non-empty JSON object of entity -> timestamp, e.g. '
                           '{"posts": 1422057007123000, "comments": 1422057007124000}')
@@ -69,10 +74,14 @@ class StatusViews:
                           f"the batch has {len(body)} entries; the limit is "
                           f"{self.settings.max_batch} (--max-batch): split it into smaller batches",
                           limit=self.settings.max_batch)
+        # A repeated entity is recorded at the largest of its timestamps: a batch is a set
+        # of max-merges, so the order of its members cannot matter.
         updates: dict[str, int] = {}
-        for name, value in body.items():
+        for name, value in body:
             try:
-                updates[check_entity(name)] = parse_timestamp(value)
+                timestamp = parse_timestamp(value)
+                if updates.get(check_entity(name), -1) < timestamp:
+                    updates[name] = timestamp
             except PositionError as exc:
                 raise Problem(400, "invalid-batch-entry",
                               f"entry {name[:80]!r}: {exc}; nothing was applied",
@@ -113,8 +122,10 @@ class StatusViews:
             self._counted.timeout()
         else:
             self._counted.not_processed()
+        # "processed" never goes back (short of a DELETE or reset): cacheable, as the gate's 200.
         return json_response({"entity": entity, "timestamp": timestamp, "processed": done,
-                              "last_processed": last})
+                              "last_processed": last},
+                             headers=self._processed_headers if done else _NOT_CACHED)
 
     async def list_status(self, request: web.Request) -> web.Response:
         query = request.query
@@ -157,13 +168,13 @@ class StatusViews:
     # -- helpers ---------------------------------------------------------------
 
     async def _record(self, updates: dict[str, int]) -> dict[str, Outcome]:
+        # CapacityError: from this store's count, or (Redis) from the shared one.
         try:
             reserved = self.store.reserve(updates.keys())
+            return await self.backend.submit(Advance(updates), reserved)
         except CapacityError as exc:
             raise Problem(507, "entity-limit-reached", str(exc),
                           limit=self.store.max_entities) from None
-        try:
-            return await self.backend.submit(Advance(updates), reserved)
         except WriteFailed as exc:
             raise _not_durable(exc) from None
 
@@ -186,7 +197,11 @@ class StatusViews:
 
     async def _wait(self, entity: str, timestamp: int, wait: float) -> tuple[bool, int | None]:
         started = time.monotonic()
-        await self.waiters.wait(entity, timestamp, wait)
+        try:
+            await self.waiters.wait(entity, timestamp, wait)
+        except WaitersFull as exc:
+            raise Problem(503, "too-many-waiters", f"{exc}; retry after 1 s, or ask without "
+                          "?wait= and poll", headers={"Retry-After": "1"}) from None
         self._wait_duration.observe(time.monotonic() - started)
         return self.store.processed(entity, timestamp)
 
@@ -212,53 +227,13 @@ def _plus_in_query(value: str) -> str:
     return value
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, at most `limit` bytes (--max-body-bytes), else 413.
-
-    A small body usually arrives with its headers, and then taking what is buffered
-    is much cheaper than aiohttp's general read loop; anything else goes that way.
-    """
-    length = request.content_length
-    if length is None or "Content-Encoding" in request.headers:
-        # Chunked or compressed: aiohttp's loop enforces the limit (the app's
-        # client_max_size, set from the same flag) on what it decodes.
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _too_large(limit) from None
-    if length > limit:
-        raise _too_large(limit)
-    content = request.content
-    body = content.read_nowait()
-    if len(body) < length:
-        try:
-            body += await content.readexactly(length - len(body))
-        except asyncio.IncompleteReadError:
-            raise Problem(400, "incomplete-body",
-                          f"the body ended after {len(body)} of {length} bytes") from None
-    return body
-
 
 def _not_durable(exc: WriteFailed) -> Problem:
     return Problem(503, "write-not-durable", str(exc), headers={"Retry-After": "1"})
 
-
-def _too_large(limit: int) -> Problem:
-    return Problem(413, "body-too-large",
-                   f"the request body exceeds the limit of {limit} bytes (--max-body-bytes); "
-                   "send fewer entries per request", limit=limit)
 
 
 def _unknown(entity: str) -> Problem:
     return Problem(404, "unknown-entity",
                    f"no timestamp has been recorded for entity {entity!r}", entity=entity)
 
-
-async def _json_body(request: web.Request, limit: int) -> Any:
-    raw = await _read_body(request, limit)
-    if not raw:
-        raise Problem(400, "invalid-body", "the request body is empty; send a JSON object")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None

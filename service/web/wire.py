@@ -17,11 +17,12 @@ is forwarded by Traefik and Caddy and belongs to the upstream app, not to us."""
 PROBLEM_TYPE_PREFIX = "urn:process-status:problem:"
 
 PROBLEM_KINDS = frozenset({
-    "batch-too-large", "body-too-large", "entity-limit-reached", "http-error",
-    "incomplete-body", "internal-error", "invalid-batch-entry", "invalid-body",
-    "invalid-entity", "invalid-json", "invalid-limit", "invalid-query", "invalid-timestamp",
-    "invalid-token", "invalid-wait", "method-not-allowed", "missing-timestamp", "not-found",
-    "not-processed-yet", "not-ready", "reset-disabled", "unauthorized", "unknown-entity",
-    "write-not-durable",
+    "bad-request", "batch-too-large", "body-too-large", "entity-limit-reached",
+    "expectation-failed", "http-error", "incomplete-body", "internal-error",
+    "invalid-batch-entry", "invalid-body", "invalid-entity", "invalid-json", "invalid-limit",
+    "invalid-query", "invalid-timestamp", "invalid-token", "invalid-wait", "method-not-allowed",
+    "missing-timestamp", "not-found", "not-processed-yet", "not-ready", "not-writable",
+    "request-timeout", "reset-disabled", "too-many-connections", "too-many-waiters",
+    "unauthorized", "unknown-entity", "write-not-durable",
 })
 """Every `<kind>` in `urn:process-status:problem:<kind>` the server answers with."""

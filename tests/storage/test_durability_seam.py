@@ -59,7 +59,9 @@ async def start(
 
 
 def backend_of(client: AppClient) -> LocalBackend:
-    return client.app[backend_key]
+    backend = client.app[backend_key]
+    assert isinstance(backend, LocalBackend)
+    return backend
 
 
 
@@ -263,20 +265,26 @@ async def test_failed_journal_write_is_rejected_and_never_applied(
                      "write-not-durable")
     await is_problem(await client.post("/status", json={"a": 9, "c": 9}), 503,
                      "write-not-durable")
-    # Nothing applied, reads keep working, readiness reports the trouble.
+    # Nothing applied; reads keep working and the replica stays ready for them (the
+    # Kubernetes probe must not take it out of the Service); the write check says why.
     assert await state(client) == {"a": 1}
     assert (await client.get("/status/b")).status == 404
     processed = await client.get("/status/a/processed", params={"ts": "9"})
     assert (await processed.json())["processed"] is False
-    await is_problem(await client.get("/readyz"), 503, "not-ready")
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["writable"] is False
+    await is_problem(await client.get("/readyz/writes"), 503, "not-writable")
+    assert registry.get_sample_value("process_status_writable") == 0
     # One I/O failure: later writes are refused without touching the failed journal.
     assert registry.get_sample_value("process_status_journal_failures_total") == 1
     failed_segment = f"{settings.data_dir}/{journal.segment_name(1)}"
 
     fake.clear_faults()
     # Writes resume once the background probe has synced a fresh segment.
-    await eventually(lambda: client.app[backend_key].health is None, "the journal probe")
-    assert (await client.get("/readyz")).status == 200
+    await eventually(lambda: client.app[backend_key].write_health is None, "the journal probe")
+    assert (await client.get("/readyz/writes")).status == 200
+    assert registry.get_sample_value("process_status_writable") == 1
     assert (await client.put("/status/d", json={"timestamp": 4})).status == 200
     assert await state(client) == {"a": 1, "d": 4}
     assert b'"d"' not in fake.read(failed_segment), "the journal wrote to a failed segment"
@@ -371,7 +379,7 @@ async def test_failed_snapshot_keeps_the_journal(
 
 async def journal_probed(client: AppClient) -> None:
     """Wait until the background probe has found the journal writable again."""
-    await eventually(lambda: backend_of(client).health is None, "the journal probe")
+    await eventually(lambda: backend_of(client).write_health is None, "the journal probe")
 
 
 async def periodic_fsyncs(registry: CollectorRegistry, count: int) -> None:
@@ -399,7 +407,7 @@ async def test_batch_mode_stays_unready_while_journal_writes_fail(
     await eventually(lambda: fake.count("create", SEGMENT) >= creates + 2,
                      "two probes of a fresh segment")
     # Nothing has been written since the failure: the disk is still full.
-    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/readyz/writes")).status == 503
 
 
 async def test_batch_mode_after_a_failed_write_restarts_cleanly(

@@ -17,6 +17,7 @@ import pytest
 
 from service.storage import framing, journal, snapshot
 from service.storage.files import OsFiles
+from service.storage.local import LocalBackend
 from service.storage.recovery import RecoveryError, Report, recover
 from service.store import StatusStore
 from service.web.app import backend_key
@@ -326,7 +327,9 @@ async def test_a_snapshot_deletes_the_segments_it_covers(
         assert (await client.put(f"/status/e{index}", json={"timestamp": 1})).status == 200
     assert list(journal_files(data_dir)) == [journal.segment_name(1)]
 
-    assert await client.app[backend_key].snapshot()
+    backend = client.app[backend_key]
+    assert isinstance(backend, LocalBackend)
+    assert await backend.snapshot()
 
     assert journal_files(data_dir) == {}
     assert (data_dir / snapshot.FILENAME).exists()
