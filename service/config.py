@@ -90,6 +90,8 @@ class Settings:
     metrics_tokens: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    workers: int = 0
+    """0: one with the local backend, one per available CPU with Redis (see web.server)."""
     shutdown_timeout: float = 5.0
     log_level: str = "info"
     access_log: bool = False
@@ -287,6 +289,8 @@ OPTIONS = (
     Option("--tls-key", _readable_file, "PEM private key of --tls-cert", "FILE"),
     Option("--metrics-tokens-file", str, "file with one token per line that /metrics then "
            "requires", "FILE"),
+    Option("--workers", _non_negative_int, "worker processes, each a full replica (redis "
+           "backend only; 0: one per available CPU with redis, 1 with local)", "N"),
     Option("--shutdown-timeout", _positive_float, "seconds in-flight requests get on SIGTERM",
            "SECONDS"),
     Option("--log-level", _choice(*LOG_LEVELS), "debug | info | warning | error", "LEVEL"),
@@ -401,6 +405,12 @@ def _check(settings: Settings) -> None:
     if settings.metrics_bind is not None and settings.metrics_bind == settings.bind and \
             settings.bind.port != 0:
         raise ConfigError("--metrics-bind must differ from --bind: metrics have their own port")
+    if settings.workers > 1 and settings.backend is BackendKind.LOCAL:
+        raise ConfigError(
+            f"--workers {settings.workers} needs --backend redis: the local backend keeps its "
+            "state in one process (one data dir, one lock); use --workers 1, or share the "
+            "state through Redis"
+        )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both (PEM files), or "
                           "neither and terminate TLS in front of the service")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
@@ -37,6 +38,7 @@ store_key = web.AppKey("store", StatusStore)
 backend_key = web.AppKey("backend", Backend)
 waiters_key = web.AppKey("waiters", Waiters)
 metrics_key = web.AppKey("metrics", Metrics)
+metrics_socket_key: web.AppKey[Path | None] = web.AppKey("metrics_socket")
 connections_key = web.AppKey("connections", dict[str, ConnectionStats])
 """Connection counts per site ("api", "metrics"), filled by the runners' servers."""
 METRICS_SITE_CONNECTIONS = 64
@@ -49,7 +51,10 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     files: Files | None = None,
+    metrics_socket: Path | None = None,
 ) -> web.Application:
+    """`metrics_socket`: serve /metrics there (a worker of many, see web.aggregator) instead
+    of on --metrics-bind."""
     # `*_created` series double the scrape and nobody graphs them (process-wide switch).
     disable_created_metrics()  # type: ignore[no-untyped-call]
     # aiohttp names itself and Python with their versions in every `Server` header, which
@@ -77,6 +82,7 @@ def create_app(
     app[waiters_key] = waiters
     app[metrics_key] = metrics
     app[connections_key] = connections
+    app[metrics_socket_key] = metrics_socket
     setup_routes(app, settings.max_body_bytes,
                  Authenticator(settings.write_tokens, settings.read_tokens), metrics,
                  StatusViews(settings, store, backend, waiters, metrics),
@@ -107,6 +113,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
 async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     bind = settings.metrics_bind
+    unix = app[metrics_socket_key]
     if bind is None:
         yield
         return
@@ -119,8 +126,11 @@ async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
         keepalive_timeout=settings.keep_alive)
     await runner.setup()
     try:
-        await web.TCPSite(runner, bind.host, bind.port).start()
-        log.info("metrics on http://%s/metrics", bind)
+        if unix is not None:
+            await web.UnixSite(runner, str(unix)).start()
+        else:
+            await web.TCPSite(runner, bind.host, bind.port).start()
+            log.info("metrics on http://%s/metrics", bind)
         yield
     finally:
         await runner.cleanup()

@@ -11,15 +11,18 @@ lock makes the second worker fail to boot, and gunicorn then stops.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +33,7 @@ from service import __version__
 from service.config import BackendKind, Settings, from_sources, option
 from service.logs import logconfig_dict
 from service.storage.redis.connection import redacted
+from service.web.aggregator import Aggregator, private_directory, socket_path
 from service.web.app import connections_key, create_app
 from service.web.connections import GuardedRunner, Limits
 
@@ -41,13 +45,18 @@ log = logging.getLogger("process_status.server")
 FD_RESERVE = 256
 
 
-def make_factory(settings: Settings) -> Callable[[], Awaitable[web.AppRunner]]:
+def make_factory(
+    settings: Settings, metrics_dir: Path | None = None,
+) -> Callable[[], Awaitable[web.AppRunner]]:
+    """`metrics_dir`: with several workers, where each serves its metrics (web.aggregator)."""
+
     async def factory() -> web.AppRunner:
         # Our own runner, so shutdown_timeout is ours (gunicorn's default would be 95% of
         # graceful_timeout, leaving no room for the final snapshot) and access logging is
         # off unless asked for: it costs more than half the throughput.
         access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
-        app = create_app(settings)
+        socket = None if metrics_dir is None else socket_path(metrics_dir, os.getpid())
+        app = create_app(settings, metrics_socket=socket)
         return GuardedRunner(
             app, site="api", limits=Limits(connection_limit(settings.max_connections),
                                            settings.header_timeout),
@@ -137,16 +146,34 @@ async def app_factory() -> web.AppRunner:
     return await make_factory(from_sources(argparse.Namespace(), os.environ))()
 
 
+def worker_count(settings: Settings) -> int:
+    """--workers, or by default: one with the local backend, one per CPU this process may
+    use with Redis (the affinity mask, lowered to a cgroup CPU quota as containers set)."""
+    if settings.workers:
+        return settings.workers
+    if settings.backend is BackendKind.LOCAL:
+        return 1
+    cpus = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, cpus)
+
+
 class Server(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.workers = worker_count(settings)
+        self.metrics_dir: Path | None = None
+        self.aggregator: Aggregator | None = None
         super().__init__()
 
     def load_config(self) -> None:
         settings = self.settings
         config: dict[str, Any] = {
             "bind": [str(settings.bind)],
-            "workers": 1,
+            "workers": self.workers,
             "worker_class": WORKER_CLASS,
             "graceful_timeout": math.ceil(settings.graceful_timeout),
             # The worker heartbeat; the loop never blocks (disk I/O runs on a thread).
@@ -169,7 +196,7 @@ class Server(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Callable[[], Awaitable[web.AppRunner]]:
-        return make_factory(self.settings)
+        return make_factory(self.settings, self.metrics_dir)
 
     def run(self) -> None:
         problem = preflight(self.settings)
@@ -182,11 +209,23 @@ class Server(BaseApplication):  # type: ignore[misc]
             log.warning("writes need no token: anyone who can reach %s can record, delete and "
                         "reset positions; set PROCESS_STATUS_WRITE_TOKENS or "
                         "--write-tokens-file", self.settings.bind)
+        settings = self.settings
+        if self.workers > 1 and settings.metrics_bind is not None:
+            # One port for the replica: the master merges what each worker serves.
+            self.metrics_dir = private_directory()
+            self.aggregator = Aggregator(settings.metrics_bind, self.metrics_dir,
+                                         settings.metrics_tokens, settings.header_timeout)
+            self.aggregator.start()
         try:
             _Arbiter(self).run()
         except RuntimeError as exc:
             print(f"\nError: {exc}\n", file=sys.stderr)
             sys.exit(1)
+        finally:
+            if self.aggregator is not None:
+                self.aggregator.stop()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]
@@ -199,6 +238,9 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
     """
 
     def reload(self) -> None:
+        if self.app.settings.backend is not BackendKind.LOCAL:
+            super().reload()  # no data-dir lock: new workers first, as gunicorn does
+            return
         self.log.info("SIGHUP: stopping the worker before starting its successor")
         self.kill_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.graceful_timeout

@@ -1,0 +1,90 @@
+"""Several workers per replica (Redis backend): each a full replica, one metrics port."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from service.web.aggregator import fetch, socket_path
+from tests.redis_servers import RedisServer, start_redis
+from tests.servers import EXECUTABLE, ServeProcess, put, request, serving
+
+REQUESTS = 200
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def worker_pids(server: ServeProcess) -> set[str]:
+    _, _, body = request("GET", server.metrics_url)
+    return set(re.findall(r'process_status_entities\{worker="(\d+)"\}', body.decode()))
+
+
+def test_one_scrape_adds_up_requests_served_by_every_worker(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    with serving(tmp_path / "data", "--backend", "redis", "--redis-url", redis_server.url,
+                 "--workers", "2") as server:
+        deadline = time.monotonic() + 30
+        while len(worker_pids(server)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the second worker may still be syncing
+        workers = worker_pids(server)
+        assert len(workers) == 2
+        assert put(server.url, "spread", 1) == 200
+        # A fresh connection per request: the kernel hands them to either worker.
+        for _ in range(REQUESTS):
+            status, _, body = request("GET", f"{server.url}/status/spread/processed?ts=1")
+            assert status == 200
+            assert orjson.loads(body)["processed"] is True
+        _, _, text = request("GET", server.metrics_url)
+        counted = re.search(
+            r'process_status_http_requests_total\{method="GET",'
+            r'route="/status/\{entity\}/processed",status="200"\} (\S+)', text.decode())
+        assert counted is not None
+        assert float(counted.group(1)) == REQUESTS
+        # ...and it is a sum: each worker, asked on its own socket, served its share.
+        logged = re.search(r"worker sockets in (\S+)\)", server.log())
+        assert logged is not None
+        directory = Path(logged.group(1))
+        shares = {}
+        for pid in workers:
+            own = fetch(socket_path(directory, int(pid)))
+            assert own is not None
+            found = re.search(r'process_status_http_requests_total\{method="GET",'
+                              r'route="/status/\{entity\}/processed",status="200"\} (\S+)',
+                              own)
+            shares[pid] = float(found.group(1)) if found else 0.0
+        assert sum(shares.values()) == REQUESTS
+        assert all(share > 0 for share in shares.values()), shares
+
+
+def test_a_write_on_one_worker_is_read_on_every_worker(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    with serving(tmp_path / "data", "--backend", "redis", "--redis-url", redis_server.url,
+                 "--workers", "2") as server:
+        for value in range(1, 21):
+            assert put(server.url, "everywhere", value) == 200
+            # Read-your-writes whichever worker the next connection lands on.
+            status, _, body = request("GET", f"{server.url}/status/everywhere")
+            assert status == 200
+            assert orjson.loads(body)["timestamp"] == value
+
+
+def test_several_workers_need_the_redis_backend(tmp_path: Path) -> None:
+    done = subprocess.run([str(EXECUTABLE), "serve", "--data-dir", str(tmp_path / "data"),
+                           "--workers", "2"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--workers 2 needs --backend redis" in done.stderr
