@@ -5,7 +5,11 @@ state), so a flood of scrapes could starve the API: 8 scrapers in a loop took th
 API's p50 from 1 ms to 96 ms. Rendering therefore draws on a budget of loop time, a
 token bucket refilled at RENDER_SHARE of wall time up to RENDER_BURST seconds: Prometheus
 and people always get a fresh rendering, while past the budget a flood gets the last
-one again, so scrapes never take more than about a tenth of the loop.
+one again, so rendering never takes more than about a tenth of the loop. Sending the
+body costs too (~90 KB with 1,000 per-entity series), so scrapes themselves are also
+limited, to SCRAPE_RATE a second after a burst of SCRAPE_BURST; past that a scraper gets
+429 with Retry-After. Prometheus scrapes a target every few seconds at most; a person
+or a test polling ten times a second stays well inside.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from service.web.problems import problem_response
 
 RENDER_SHARE = 0.1
 RENDER_BURST = 0.25
+SCRAPE_RATE = 20.0
+SCRAPE_BURST = 40.0
 
 
 class Exposition:
@@ -38,6 +44,7 @@ class Exposition:
         self._auth = Authenticator((), tokens)
         self._body = b""
         self._budget = RENDER_BURST
+        self._scrapes = SCRAPE_BURST
         self._checked = time.monotonic()
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -47,8 +54,14 @@ class Exposition:
                 "Bearer <token> (set in Prometheus's scrape config as authorization.credentials)",
                 headers={"WWW-Authenticate": 'Bearer realm="process-status-metrics"'})
         now = time.monotonic()
-        self._budget = min(RENDER_BURST, self._budget + (now - self._checked) * RENDER_SHARE)
-        self._checked = now
+        elapsed, self._checked = now - self._checked, now
+        self._budget = min(RENDER_BURST, self._budget + elapsed * RENDER_SHARE)
+        self._scrapes = min(SCRAPE_BURST, self._scrapes + elapsed * SCRAPE_RATE)
+        if self._scrapes < 1:
+            return problem_response(
+                429, "too-many-scrapes", f"/metrics answers at most {SCRAPE_RATE:g} scrapes a "
+                "second (after a burst): scrape less often", headers={"Retry-After": "1"})
+        self._scrapes -= 1
         if self._budget > 0 or not self._body:
             self._body = generate_latest(self._registry)
             self._budget -= time.monotonic() - now

@@ -22,7 +22,7 @@ PROBLEM_KINDS = frozenset({
     "invalid-batch-entry", "invalid-body", "invalid-entity", "invalid-json", "invalid-limit",
     "invalid-query", "invalid-timestamp", "invalid-token", "invalid-wait", "method-not-allowed",
     "missing-timestamp", "not-found", "not-processed-yet", "not-ready", "not-writable",
-    "request-timeout", "reset-disabled", "too-many-connections", "too-many-waiters",
-    "unauthorized", "unknown-entity", "write-not-durable",
+    "request-timeout", "reset-disabled", "too-many-connections", "too-many-scrapes",
+    "too-many-waiters", "unauthorized", "unknown-entity", "write-not-durable",
 })
 """Every `<kind>` in `urn:process-status:problem:<kind>` the server answers with."""
