@@ -228,3 +228,19 @@ def test_a_malformed_header_is_counted_and_never_logged_with_its_value(
     log = server.log()
     assert "leaked-token" not in log
     assert "Traceback" not in log
+
+
+def test_a_scrape_flood_is_answered_429_past_its_rate(server: ServeProcess) -> None:
+    statuses: list[int] = []
+    with connect(server.metrics_port) as sock:
+        request_bytes = (b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + METRICS.encode() + b"\r\n\r\n")
+        for _ in range(80):  # back to back on one connection, well over 20/s
+            sock.sendall(request_bytes)
+            raw = read_response(sock)
+            statuses.append(status_of(raw))
+            if statuses[-1] == 429:
+                assert str(problem_of(raw)["type"]).endswith("too-many-scrapes")
+                break
+    assert 429 in statuses
+    assert statuses.count(200) >= 20  # the burst: Prometheus and people are never refused
