@@ -49,9 +49,10 @@ def replicas(tmp_path: Path, redis: RedisServer, count: int, *args: str,
 
 
 def replica(tmp_path: Path, redis: RedisServer, index: int, *args: str) -> ServeProcess:
+    """A replica of two workers: each contract test then also crosses workers."""
     (tmp_path / f"replica{index}").mkdir(exist_ok=True)
     return start_serve(tmp_path / f"replica{index}" / "data", "--backend", "redis",
-                       "--redis-url", redis.url, *args)
+                       "--redis-url", redis.url, "--workers", "2", *args)
 
 
 def until(condition: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
@@ -84,10 +85,11 @@ def processed(url: str, entity: str, ts: int, wait: float = 0) -> bool:
 
 
 def metric(server: ServeProcess, name: str) -> float:
+    """`name` summed over the replica's workers (each worker's gauge has a `worker` label)."""
     text = request("GET", server.metrics_url)[2].decode()
-    found = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert found is not None, name
-    return float(found.group(1))
+    found = re.findall(rf'^{name}(?:\{{worker="\d+"\}})? (\S+)$', text, re.M)
+    assert found, name
+    return sum(float(value) for value in found)
 
 
 def write_until(url: str, ledger: Ledger, stop: threading.Event, prefix: str) -> None:
