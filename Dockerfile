@@ -2,18 +2,18 @@
 #
 # process-status container image.
 #
-#   docker build -t process-status:0.1.0 .
+#   docker build -t process-status:0.2.0 .
 #   docker run -d --name process-status --stop-timeout 60 \
 #     -e PROCESS_STATUS_WRITE_TOKENS="$(openssl rand -hex 32)" \
 #     -p 8080:8080 -p 127.0.0.1:9464:9464 -v process-status-data:/data \
-#     process-status:0.1.0
+#     process-status:0.2.0
 #
 # A write token is REQUIRED: the image binds the API to 0.0.0.0, and `serve` refuses to
 # start (exit code 2) on a non-loopback bind without one. Give it either
 #   - PROCESS_STATUS_WRITE_TOKENS: comma-separated tokens (each >= 16 characters, no spaces
 #     or commas, e.g. `openssl rand -hex 32`), or
 #   - --write-tokens-file /run/secrets/write-tokens (a mounted secret, one token per line),
-#     e.g. `docker run ... process-status:0.1.0 serve --write-tokens-file /run/secrets/...`.
+#     e.g. `docker run ... process-status:0.2.0 serve --write-tokens-file /run/secrets/...`.
 # Optional read tokens: PROCESS_STATUS_READ_TOKENS or --read-tokens-file.
 #
 # Stopping: on SIGTERM the service finishes in-flight requests and writes a final snapshot.
@@ -23,6 +23,11 @@
 # covers acknowledged writes).
 #
 # The metrics port (9464) lists entity names: publish it only to your Prometheus.
+#
+# TLS: terminate it in front (ingress, gateway, load balancer) when one is there, which is
+# the usual case; to serve HTTPS from the container itself, mount a certificate and add
+# `--tls-cert /run/secrets/tls.crt --tls-key /run/secrets/tls.key` (the metrics port
+# stays plain HTTP).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
