@@ -67,8 +67,8 @@ class Settings:
     fsync_interval: float = 1.0
     snapshot_interval: float = 10.0
     journal_max_bytes: int = 64 * 1024 * 1024
-    write_tokens: tuple[str, ...] = ()
-    read_tokens: tuple[str, ...] = ()
+    write_tokens: tuple[str, ...] = field(default=(), repr=False)
+    read_tokens: tuple[str, ...] = field(default=(), repr=False)
     allow_anonymous_writes: bool = False
     allow_reset: bool = False
     max_entities: int = 1_000_000
@@ -87,7 +87,7 @@ class Settings:
     body_timeout: float = 10.0
     max_connections: int = 10_000
     backlog: int = 2048
-    metrics_tokens: tuple[str, ...] = ()
+    metrics_tokens: tuple[str, ...] = field(default=(), repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
     workers: int = 0

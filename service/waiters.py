@@ -55,29 +55,39 @@ class Waiters:
                 future.cancel()  # no-op when already done
                 self._bury(entity)
 
-    def notify(self, entity: str, timestamp: int) -> None:
+    def notify(self, entity: str, timestamp: int, _before: int | None = None) -> None:
         """The store's listener: `entity` now stands at `timestamp`.
 
         Releases at most RELEASE_SLICE waiters per event-loop turn and the rest in later
         turns: each released request writes its response when it resumes, and 18,000 of
         them resuming in one turn stalled the loop (and /healthz) for 2.5 s. A waiter
         whose timer fires before its slice comes re-checks the store, so it still
-        answers "processed".
+        answers "processed". The later turns release only waiters that were already
+        parked at this notification (`_before`): one parked since (say after a DELETE)
+        waits for a write of its own.
         """
         heap = self._heaps.get(entity)
         if heap is None:
             return
+        before = next(self._seq) if _before is None else _before
         released = 0
+        newer: list[_Item] = []
         while heap and heap[0][0] <= timestamp:
             if released == RELEASE_SLICE:
-                asyncio.get_running_loop().call_soon(self.notify, entity, timestamp)
-                return
-            future = heapq.heappop(heap)[2]
+                asyncio.get_running_loop().call_soon(self.notify, entity, timestamp, before)
+                break
+            item = heapq.heappop(heap)
+            if item[1] > before:
+                newer.append(item)
+                continue
+            future = item[2]
             if future.done():
                 self._dead[entity] -= 1
             else:
                 future.set_result(True)
                 released += 1
+        for item in newer:
+            heapq.heappush(heap, item)
         if not heap:
             del self._heaps[entity]
             self._dead.pop(entity, None)

@@ -160,3 +160,18 @@ def put(url: str, entity: str, timestamp: int) -> int:
                            f'{{"timestamp": {timestamp}}}'.encode(),
                            {"Content-Type": "application/json"})
     return status
+
+
+def write_sample_data_dir(data_dir: Path) -> Path:
+    """A data dir written by the real service: a snapshot of 30 entities e00..e29 (a clean
+    stop), then 21 journal records (f00..f19 new, then e00=999) cut short by kill -9."""
+    with serving(data_dir) as server:
+        for index in range(30):
+            assert put(server.url, f"e{index:02d}", 100 + index) == 200
+        assert server.stop() == 0
+    with serving(data_dir, "--snapshot-interval", "3600") as server:
+        for index in range(20):
+            assert put(server.url, f"f{index:02d}", 200 + index) == 200
+        assert put(server.url, "e00", 999) == 200
+        server.kill_all()
+    return data_dir

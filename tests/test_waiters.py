@@ -149,3 +149,17 @@ async def test_past_max_waiters_long_polls_get_503_and_the_gate_does_not_wait(
     await client.put("/status/posts", json={"timestamp": 5})
     for task in parked:
         assert (await (await task).json())["processed"] is True
+
+
+async def test_a_sliced_release_leaves_waiters_parked_after_it_alone() -> None:
+    waiters = Waiters()
+    early = [asyncio.create_task(waiters.wait("posts", 5, 30)) for _ in range(RELEASE_SLICE * 2)]
+    await asyncio.sleep(0)
+    waiters.notify("posts", 10)
+    # Parked after the notification (as after a DELETE reset the entity): not satisfied by it.
+    late = asyncio.create_task(waiters.wait("posts", 5, 30))
+    assert all(await asyncio.wait_for(asyncio.gather(*early), 5))
+    await asyncio.sleep(0.01)
+    assert not late.done()
+    waiters.notify("posts", 5)
+    assert await asyncio.wait_for(late, 5) is True

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -361,18 +360,5 @@ def _clear(data_dir: str, force: bool) -> str | None:
 
 
 def _install(target: str, raw: bytes) -> None:
-    """Write `raw` at `target` atomically (temp, fsync, rename, directory fsync; mode 0600)."""
-    files = OsFiles()
-    directory = os.path.dirname(target)
-    temp = f"{target}{snapshot.TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
-    handle = files.create(temp)
-    try:
-        handle.write(raw)
-        handle.sync()
-    except BaseException:
-        handle.close()
-        files.remove(temp)
-        raise
-    handle.close()
-    files.replace(temp, target)
-    files.sync_dir(directory)
+    """Write `raw` at `target` atomically (mode 0600, as every file the service writes)."""
+    snapshot.write_atomically(OsFiles(), target, [raw])

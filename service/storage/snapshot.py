@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -91,7 +91,7 @@ def write(
     next_segment: int = 0,
 ) -> int:
     """Atomically replace the snapshot; returns its size in bytes. Blocking: run in a thread."""
-    return _write(files, data_dir, path_in(data_dir), entries, names, lsn, next_segment)
+    return write_file(files, path_in(data_dir), entries, names, lsn, next_segment)
 
 
 def write_file(
@@ -103,26 +103,19 @@ def write_file(
     next_segment: int = 0,
 ) -> int:
     """Atomically write a snapshot-format file at any `target` path (a backup, say)."""
-    directory = os.path.dirname(target) or "."
-    return _write(files, directory, target, entries, names, lsn, next_segment)
+    return write_atomically(files, target, encode_frames(entries, names, lsn, next_segment))
 
 
-def _write(
-    files: Files,
-    directory: str,
-    target: str,
-    entries: dict[str, Entry],
-    names: list[str],
-    lsn: int,
-    next_segment: int,
-) -> int:
+def write_atomically(files: Files, target: str, chunks: Iterable[bytes]) -> int:
+    """Write `chunks` at `target` so a crash leaves the old file or the new one: a temp file
+    in the same directory, fsync, rename over `target`, directory fsync. Returns the size."""
     temp = f"{target}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
     handle = files.create(temp)
     size = 0
     try:
-        for frame in encode_frames(entries, names, lsn, next_segment):
-            handle.write(frame)
-            size += len(frame)
+        for chunk in chunks:
+            handle.write(chunk)
+            size += len(chunk)
         handle.sync()
     except BaseException:
         handle.close()
@@ -130,7 +123,7 @@ def _write(
         raise
     handle.close()
     files.replace(temp, target)
-    files.sync_dir(directory)
+    files.sync_dir(os.path.dirname(target) or ".")
     return size
 
 

@@ -51,6 +51,7 @@ class Snapshotter:
                                           thread_name_prefix="process-status-snapshot")
         self._task: asyncio.Task[None] | None = None
         self._periodic: asyncio.Task[None] | None = None
+        self._one_at_a_time = asyncio.Lock()
 
     def start(self) -> None:
         self._periodic = asyncio.create_task(self._periodically())
@@ -78,6 +79,12 @@ class Snapshotter:
 
     async def snapshot(self) -> bool:
         """Write a snapshot if the store changed since the last one; True if written."""
+        # One at a time: the periodic snapshot and a direct call must not overlap (each
+        # swaps the GIL switch interval and restores it afterwards).
+        async with self._one_at_a_time:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> bool:
         store = self._store
         if store.version == self._version:
             self._stats.snapshot_current_at = time.monotonic()  # nothing new to persist

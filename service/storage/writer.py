@@ -179,6 +179,7 @@ class JournalWriter:
             log.error("journal write or fsync failed; acknowledged writes since the last "
                       "good fsync are only in memory until the next snapshot: %s", exc)
         if first:
+            self._tasks = [task for task in self._tasks if not task.done()]
             self._tasks.append(asyncio.create_task(self._probe()))
 
     def _rejection(self) -> WriteFailed:
@@ -204,6 +205,11 @@ class JournalWriter:
                     await self._run_io(self._journal.probe)
                 except OSError as exc:
                     log.warning("journal still failing: %s", exc)
+                    continue
+                except Exception:
+                    # Anything else is a bug, but the probe must go on: without it writes
+                    # would stay refused until a restart.
+                    log.exception("journal probe failed unexpectedly; retrying")
                     continue
                 self.failure = None
             log.info("journal writable again; accepting writes")

@@ -17,11 +17,16 @@ import http.client
 import logging
 import os
 import socket
+import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +34,8 @@ from prometheus_client.registry import Collector
 
 from service.config import Address
 from service.web.auth import Access, Authenticator, bearer
+from service.web.metrics_site import METRICS_CONNECTIONS, SCRAPE_BURST, SCRAPE_RATE
+from service.web.wire import PROBLEM_TYPE_PREFIX
 
 log = logging.getLogger("process_status.metrics")
 
@@ -100,52 +107,176 @@ class _Merged(Collector):
         yield from self._families
 
 
-def scrape(directory: Path) -> bytes:
-    found = []
-    for path in sorted(directory.glob("worker-*.sock")):
-        text = fetch(path)
-        if text is not None:
-            found.append((path.stem.removeprefix("worker-"), text))
+class Workers:
+    """The workers' expositions, remembered so that counters never go down.
+
+    A worker that misses one scrape (busy, restarting) counts with its last exposition
+    while its socket is there; one that is gone for good (its pid no longer runs) has its
+    counters kept in `retired`, as prometheus-client's multiprocess mode keeps those of
+    dead processes. Otherwise a sum would drop, and Prometheus takes a drop for a reset.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._last: dict[str, str] = {}
+        self._retired: list[str] = []
+        self._lock = threading.Lock()
+
+    def scrape(self) -> bytes:
+        with self._lock:  # one fan-out at a time; concurrent scrapes queue up
+            found: list[tuple[str, str]] = []
+            for path in sorted(self.directory.glob("worker-*.sock")):
+                pid = path.stem.removeprefix("worker-")
+                text = fetch(path)
+                if text is not None:
+                    self._last[pid] = text
+                elif not _running(int(pid)):
+                    path.unlink(missing_ok=True)
+                    continue
+                if pid in self._last:
+                    found.append((pid, self._last[pid]))
+            for pid in list(self._last):
+                if not socket_path(self.directory, int(pid)).exists():
+                    self._retired.append(_counters_only(self._last.pop(pid)))
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Merged(merge(
+                [*found, *(("retired", text) for text in self._retired)])))
+            return generate_latest(registry)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _counters_only(text: str) -> str:
+    """The summed families of an exposition, as text: what a gone worker still adds."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged(merge(found)))
-    return generate_latest(registry)
+    registry.register(_Merged([family for family in text_string_to_metric_families(text)
+                               if family.type in SUMMED]))
+    return generate_latest(registry).decode()
+
+
+class _Limiter:
+    """SCRAPE_RATE scrapes a second after a burst, shared by every client (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._tokens = SCRAPE_BURST
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(SCRAPE_BURST, self._tokens + (now - self._checked) * SCRAPE_RATE)
+            self._checked = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
 
 
 class Aggregator:
-    """The replica's metrics port, served from the gunicorn master on a thread."""
+    """The replica's metrics port, served from the gunicorn master on a thread.
+
+    The same limits as a worker's metrics site: a token, a connection cap
+    (METRICS_CONNECTIONS), the header timeout (a watchdog per connection, since
+    http.server only bounds each read), the scrape rate, and the API's backlog.
+    """
 
     def __init__(self, bind: Address, directory: Path, tokens: tuple[str, ...],
-                 timeout: float) -> None:
+                 header_timeout: float, backlog: int) -> None:
         auth = Authenticator((), tokens)
+        workers = Workers(directory)
+        limiter = _Limiter()
         self._directory = directory
 
         class Handler(BaseHTTPRequestHandler):
+            server_version = "process-status"
+            sys_version = ""
+            _watchdog: threading.Timer | None = None
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers must be in within header_timeout, however slowly they trickle.
+                self._watchdog = threading.Timer(header_timeout, self._cut)
+                self._watchdog.daemon = True
+                self._watchdog.start()
+
+            def _cut(self) -> None:
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def parse_request(self) -> bool:
+                parsed = super().parse_request()
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                return parsed
+
+            def finish(self) -> None:
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                super().finish()
+
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
-                    self._answer(404, b"see /metrics\n", "text/plain")
+                    self._answer(404, "not-found", "see /metrics")
                 elif not auth.allows(Access.READ, bearer(self.headers.get("Authorization"))):
-                    self._answer(401, b"/metrics needs a metrics token\n", "text/plain")
+                    self._answer(401, "unauthorized", "/metrics needs a metrics token: send "
+                                 "Authorization: Bearer <token>")
+                elif not limiter.allow():
+                    self._answer(429, "too-many-scrapes", f"/metrics answers at most "
+                                 f"{SCRAPE_RATE:g} scrapes a second (after a burst)")
                 else:
-                    self._answer(200, scrape(directory), CONTENT_TYPE_LATEST)
+                    body = workers.scrape()
+                    self._send(200, body, CONTENT_TYPE_LATEST)
 
-            def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            def _answer(self, status: int, kind: str, detail: str) -> None:
+                body = orjson.dumps({"type": PROBLEM_TYPE_PREFIX + kind,
+                                     "title": HTTPStatus(status).phrase, "status": status,
+                                     "detail": detail})
+                self._send(status, body, "application/problem+json")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if status == 429:
+                    self.send_header("Retry-After", "1")
                 self.end_headers()
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # no access log, as on the API
 
-        # The socket timeout of each read: bounds a client that trickles or idles.
-        Handler.timeout = timeout
-        Handler.server_version = "process-status"
-        Handler.sys_version = ""
-        family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
-        ThreadingHTTPServer.address_family = family
-        self._server = ThreadingHTTPServer((bind.host, bind.port), Handler)
-        self._server.daemon_threads = True
+        slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+            request_queue_size = backlog
+            daemon_threads = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(blocking=False):
+                    # At the cap: hang up, as a worker does (not via shutdown_request,
+                    # which would release a slot this connection never took).
+                    with contextlib.suppress(OSError):
+                        request.shutdown(socket.SHUT_RDWR)
+                    request.close()
+                    return
+                super().process_request(request, client_address)
+
+            def close_request(self, request: Any) -> None:
+                super().close_request(request)
+                with contextlib.suppress(ValueError):
+                    slots.release()
+
+        self._server = Server((bind.host, bind.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="process-status-metrics", daemon=True)
 
@@ -155,6 +286,10 @@ class Aggregator:
         log.info("metrics of all workers on http://%s:%d/metrics (worker sockets in %s)",
                  host, port, self._directory)
 
+    def close_in_child(self) -> None:
+        """In a forked worker: drop the inherited listening socket (the master serves it)."""
+        self._server.socket.close()
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self._server.shutdown()
@@ -162,9 +297,5 @@ class Aggregator:
 
 
 def private_directory(base: str | None = None) -> Path:
-    """A fresh directory only this user can enter, for the workers' sockets."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="process-status-metrics-", dir=base))
-    os.chmod(path, 0o700)
-    return path
+    """A fresh directory only this user can enter (mkdtemp makes it 0700)."""
+    return Path(tempfile.mkdtemp(prefix="process-status-metrics-", dir=base))

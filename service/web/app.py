@@ -26,7 +26,11 @@ from service.web.auth import Authenticator
 from service.web.backends import create_backend
 from service.web.connections import ConnectionCollector, ConnectionStats, GuardedRunner, Limits
 from service.web.gate import GateView
-from service.web.metrics_site import create_metrics_app, register_identity
+from service.web.metrics_site import (
+    METRICS_CONNECTIONS,
+    create_metrics_app,
+    register_identity,
+)
 from service.web.probes import ProbeViews
 from service.web.routes import setup_routes
 from service.web.status_views import StatusViews
@@ -41,7 +45,6 @@ metrics_key = web.AppKey("metrics", Metrics)
 metrics_socket_key: web.AppKey[Path | None] = web.AppKey("metrics_socket")
 connections_key = web.AppKey("connections", dict[str, ConnectionStats])
 """Connection counts per site ("api", "metrics"), filled by the runners' servers."""
-METRICS_SITE_CONNECTIONS = 64
 
 WORKER_BOOT_ERROR = 3
 
@@ -119,9 +122,13 @@ async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
         return
     # The same keep-alive and timeouts as the API (aiohttp's default keep-alive is an hour),
     # and a small connection cap of its own: Prometheus needs one or two.
+    # A worker's private socket (mode 0700 directory) is asked only by the master, which
+    # checks the token and the scrape rate itself.
+    public = unix is None
     runner = GuardedRunner(
-        create_metrics_app(app[metrics_key].registry, settings.metrics_tokens),
-        site="metrics", limits=Limits(METRICS_SITE_CONNECTIONS, settings.header_timeout),
+        create_metrics_app(app[metrics_key].registry,
+                           settings.metrics_tokens if public else (), limited=public),
+        site="metrics", limits=Limits(METRICS_CONNECTIONS, settings.header_timeout),
         stats=app[connections_key]["metrics"], access_log=None,
         keepalive_timeout=settings.keep_alive)
     await runner.setup()

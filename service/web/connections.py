@@ -24,10 +24,11 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -38,6 +39,8 @@ from service.web.wire import PROBLEM_TYPE_PREFIX
 
 log = logging.getLogger("process_status.connections")
 
+# Seconds a refused connection may stay open for its 503 to be read.
+REFUSAL_LINGER = 0.5
 # How many of the oldest connections to look at for an idle one before refusing: the
 # idle hoarders are the oldest, and the scan must stay cheap under a flood.
 _EVICTION_SCAN = 1024
@@ -97,12 +100,32 @@ _HEADER_TIMEOUT = _raw_problem(408, "Request Timeout", "request-timeout",
 
 
 class _Refusal(asyncio.Protocol):
-    """Answers 503 and hangs up, without parsing anything."""
+    """Answers 503 and hangs up, without parsing anything.
+
+    The client has usually sent its request already; closing with it unread would make
+    the kernel answer RST, which can destroy the 503 before the client reads it. So the
+    write side is shut first and the socket closed when the client hangs up, or after
+    REFUSAL_LINGER seconds at most.
+    """
+
+    _transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_REFUSED)
-        transport.close()
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
+        writer = cast(asyncio.WriteTransport, transport)
+        self._transport = writer
+        writer.write(_REFUSED)
+        if writer.can_write_eof():
+            writer.write_eof()
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, writer.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request nobody will answer
+
+    def eof_received(self) -> bool:
+        if self._transport is not None:
+            self._transport.close()
+        return False
 
 
 class GuardedRequestHandler(web.RequestHandler):
@@ -125,7 +148,11 @@ class GuardedRequestHandler(web.RequestHandler):
         super().data_received(data)
         if self._messages or self._request_in_progress:
             self._cancel_header_timer()  # the headers are complete
-        elif data and self._header_timer is None and not self._force_close:
+        elif (data and self._header_timer is None and not self._force_close
+              and not self._close and (self._waiter is not None or not self._request_count)):
+            # Only while waiting for a request (the first one may arrive before the handler
+            # task first runs): body bytes read after an early answer (aiohttp's lingering
+            # read) are not a request.
             manager = self._manager
             assert isinstance(manager, GuardedServer)
             self._header_timer = self._loop.call_later(
@@ -167,14 +194,19 @@ class GuardedRequestHandler(web.RequestHandler):
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         manager = self._manager
-        if status == 400 and isinstance(manager, GuardedServer):
+        parser = isinstance(exc, HttpProcessingError)
+        if parser and isinstance(manager, GuardedServer):
             manager.stats.count("bad_request")
         # The class name only: the exception's text can quote a header (a token).
-        log.debug("rejected a request the HTTP parser could not read: %s %s",
-                  status, type(exc).__name__ if exc is not None else "")
+        if parser:
+            log.debug("rejected a request the HTTP parser could not read: %s %s",
+                      status, type(exc).__name__)
+        else:
+            log.error("request failed before a view could answer: %s %s", status,
+                      type(exc).__name__ if exc is not None else "timeout")
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        if status == 400:
+        if parser:
             response = problem_response(400, "bad-request", "the request could not be parsed as "
                                         "HTTP/1.1 (a malformed request line or header, or one "
                                         "over 8 KiB)")

@@ -73,10 +73,10 @@ class GateView:
             done, last = self.store.processed(entity, timestamp)
             remaining = deadline - time.monotonic()
             if not done and remaining > 0:
-                waited = True
                 # At --max-waiters the answer is the same 425, only without the wait.
                 with contextlib.suppress(WaitersFull):
                     await self.waiters.wait(entity, timestamp, remaining)
+                    waited = True
                 done, last = self.store.processed(entity, timestamp)
             if not done:
                 if waited:

@@ -36,11 +36,17 @@ RENDER_SHARE = 0.1
 RENDER_BURST = 0.25
 SCRAPE_RATE = 20.0
 SCRAPE_BURST = 40.0
+METRICS_CONNECTIONS = 64
+"""Connections the metrics port holds at once: Prometheus needs one or two."""
 
 
 class Exposition:
-    def __init__(self, registry: CollectorRegistry, tokens: tuple[str, ...]) -> None:
+    def __init__(self, registry: CollectorRegistry, tokens: tuple[str, ...],
+                 limited: bool = True) -> None:
+        """`limited`: False for a worker's private socket, which only the master asks
+        (and limits) on behalf of the scrapers."""
         self._registry = registry
+        self._limited = limited
         self._auth = Authenticator((), tokens)
         self._body = b""
         self._budget = RENDER_BURST
@@ -57,7 +63,7 @@ class Exposition:
         elapsed, self._checked = now - self._checked, now
         self._budget = min(RENDER_BURST, self._budget + elapsed * RENDER_SHARE)
         self._scrapes = min(SCRAPE_BURST, self._scrapes + elapsed * SCRAPE_RATE)
-        if self._scrapes < 1:
+        if self._limited and self._scrapes < 1:
             return problem_response(
                 429, "too-many-scrapes", f"/metrics answers at most {SCRAPE_RATE:g} scrapes a "
                 "second (after a burst): scrape less often", headers={"Retry-After": "1"})
@@ -78,7 +84,8 @@ def register_identity(registry: CollectorRegistry) -> None:
     PlatformCollector(registry=registry)
 
 
-def create_metrics_app(registry: CollectorRegistry, tokens: tuple[str, ...]) -> web.Application:
+def create_metrics_app(registry: CollectorRegistry, tokens: tuple[str, ...],
+                       limited: bool = True) -> web.Application:
     app = web.Application()
-    app.router.add_get("/metrics", Exposition(registry, tokens).metrics)
+    app.router.add_get("/metrics", Exposition(registry, tokens, limited).metrics)
     return app

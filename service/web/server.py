@@ -1,12 +1,14 @@
-"""Run the app under gunicorn with exactly one aiohttp uvloop worker.
+"""Run the app under gunicorn with our aiohttp uvloop worker (service.web.worker).
 
 `process-status serve` uses `Server` programmatically. For gunicorn run by hand,
 `service.web.server:app_factory` builds the app from PROCESS_STATUS_* env vars:
 
     gunicorn 'service.web.server:app_factory' -k service.web.worker.Worker -w 1
 
-More than one worker cannot work (each would hold its own state): the data-dir
-lock makes the second worker fail to boot, and gunicorn then stops.
+With the local backend there is exactly one worker (it holds the state; the data-dir
+lock makes a second one fail to boot, and gunicorn then stops). With the Redis backend
+every worker is a full replica and `--workers` sets how many; the master then serves
+the metrics port for all of them (web.aggregator).
 """
 
 from __future__ import annotations
@@ -188,12 +190,18 @@ class Server(BaseApplication):  # type: ignore[misc]
             # one user would clobber each other's.
             "control_socket_disable": True,
         }
+        if self.workers > 1:
+            config["post_fork"] = self._post_fork
         if settings.tls_cert is not None:
             config["certfile"] = settings.tls_cert
             config["keyfile"] = settings.tls_key
         for key, value in config.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
+
+    def _post_fork(self, arbiter: Arbiter, worker: object) -> None:
+        if self.aggregator is not None:
+            self.aggregator.close_in_child()
 
     def load(self) -> Callable[[], Awaitable[web.AppRunner]]:
         return make_factory(self.settings, self.metrics_dir)
@@ -214,7 +222,8 @@ class Server(BaseApplication):  # type: ignore[misc]
             # One port for the replica: the master merges what each worker serves.
             self.metrics_dir = private_directory()
             self.aggregator = Aggregator(settings.metrics_bind, self.metrics_dir,
-                                         settings.metrics_tokens, settings.header_timeout)
+                                         settings.metrics_tokens, settings.header_timeout,
+                                         settings.backlog)
             self.aggregator.start()
         try:
             _Arbiter(self).run()

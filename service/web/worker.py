@@ -4,7 +4,7 @@ aiohttp's worker starts its sites with `listen(128)`, whatever gunicorn's `backl
 says (2048 by default): measured here, 1,000 simultaneous connects then had a p99
 connect time of 1.3 s (SYN retransmits after accept-queue overflow) instead of
 0.26 s. This `_run` is aiohttp 3.14's, for the AppRunner our factory returns, with
-the backlog passed through.
+the backlog passed through (and gunicorn's --max-requests honoured as there).
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ class Worker(GunicornUVLoopWebWorker):
         try:
             while self.alive:
                 self.notify()
-                if pid == os.getpid() and self.ppid != os.getppid():
+                if self.max_requests and runner.server is not None and \
+                        runner.server.requests_count > self.max_requests:
+                    self.alive = False
+                    self.log.info("Max requests, shutting down: %s", self)
+                elif pid == os.getpid() and self.ppid != os.getppid():
                     self.alive = False
                     self.log.info("Parent changed, shutting down: %s", self)
                 else:

@@ -13,7 +13,16 @@ import orjson
 import pytest
 
 from service.storage import framing, snapshot
-from tests.servers import EXECUTABLE, ROOT, ServeProcess, put, request, serving, start_serve
+from tests.servers import (
+    EXECUTABLE,
+    ROOT,
+    ServeProcess,
+    put,
+    request,
+    serving,
+    start_serve,
+    write_sample_data_dir,
+)
 from tests.support import Ledger
 
 
@@ -51,19 +60,8 @@ def contents(data_dir: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def written_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A snapshot of 30 entities (a clean stop), then 21 journal records (f00..f19, then
-    e00=999) cut short by kill -9."""
-    data_dir = tmp_path_factory.mktemp("backup") / "data"
-    with serving(data_dir) as server:
-        for index in range(30):
-            assert put(server.url, f"e{index:02d}", 100 + index) == 200
-        assert server.stop() == 0
-    with serving(data_dir, "--snapshot-interval", "3600") as server:
-        for index in range(20):
-            assert put(server.url, f"f{index:02d}", 200 + index) == 200
-        assert put(server.url, "e00", 999) == 200
-        server.kill_all()
-    return data_dir
+    """A snapshot of 30 entities and 21 journal records after it, cut by kill -9."""
+    return write_sample_data_dir(tmp_path_factory.mktemp("backup") / "data")
 
 
 @pytest.fixture

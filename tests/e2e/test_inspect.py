@@ -12,7 +12,7 @@ import pytest
 
 from service.storage import framing, journal, snapshot
 from service.storage.files import OsFiles
-from tests.servers import EXECUTABLE, ROOT, put, serving
+from tests.servers import EXECUTABLE, ROOT, write_sample_data_dir
 
 
 def run_inspect(data_dir: Path) -> tuple[int, str]:
@@ -32,19 +32,8 @@ def fingerprint(data_dir: Path) -> dict[str, tuple[bytes, int]]:
 
 @pytest.fixture(scope="module")
 def healthy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir written by the real service: a snapshot of 30 entities (a clean stop),
-    then 21 journal records (20 new entities, one update) cut short by kill -9."""
-    data_dir = tmp_path_factory.mktemp("inspect") / "data"
-    with serving(data_dir) as server:
-        for index in range(30):
-            assert put(server.url, f"e{index:02d}", 100 + index) == 200
-        assert server.stop() == 0
-    with serving(data_dir, "--snapshot-interval", "3600") as server:
-        for index in range(20):
-            assert put(server.url, f"f{index:02d}", 200 + index) == 200
-        assert put(server.url, "e00", 999) == 200
-        server.kill_all()
-    return data_dir
+    """A snapshot of 30 entities and 21 journal records after it, cut by kill -9."""
+    return write_sample_data_dir(tmp_path_factory.mktemp("inspect") / "data")
 
 
 @pytest.fixture

@@ -60,7 +60,9 @@ def problem_of(raw: bytes) -> dict[str, object]:
 
 
 def metric(server: ServeProcess, name: str, **labels: str) -> float:
-    _, _, body = request("GET", server.metrics_url, headers={"Authorization": f"Bearer {METRICS}"})
+    status, _, body = request("GET", server.metrics_url,
+                              headers={"Authorization": f"Bearer {METRICS}"})
+    assert status == 200, body
     wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
     for line in body.decode().splitlines():
         if line.startswith(name + ("{" + wanted + "}" if labels else " ")):
@@ -230,13 +232,11 @@ def test_a_malformed_header_is_counted_and_never_logged_with_its_value(
     assert "Traceback" not in log
 
 
-def test_a_scrape_flood_is_answered_429_past_its_rate(server: ServeProcess) -> None:
+def test_a_scrape_flood_is_answered_429_past_its_rate(tmp_path: Path) -> None:
     statuses: list[int] = []
-    with connect(server.metrics_port) as sock:
-        request_bytes = (b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
-                         b"Authorization: Bearer " + METRICS.encode() + b"\r\n\r\n")
+    with serving(tmp_path / "data") as server, connect(server.metrics_port) as sock:
         for _ in range(80):  # back to back on one connection, well over 20/s
-            sock.sendall(request_bytes)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             raw = read_response(sock)
             statuses.append(status_of(raw))
             if statuses[-1] == 429:
@@ -244,3 +244,48 @@ def test_a_scrape_flood_is_answered_429_past_its_rate(server: ServeProcess) -> N
                 break
     assert 429 in statuses
     assert statuses.count(200) >= 20  # the burst: Prometheus and people are never refused
+
+
+def test_past_max_connections_a_busy_server_answers_503_and_logs_no_traceback(
+    tmp_path: Path,
+) -> None:
+    with serving(tmp_path / "data", "--max-connections", "2", "--header-timeout", "30") as s:
+        # Two connections mid-request (a byte of headers sent): busy, so not evictable.
+        busy = [connect(s.port) for _ in range(2)]
+        try:
+            for sock in busy:
+                sock.sendall(b"G")
+            time.sleep(0.3)
+            with connect(s.port) as third:
+                third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                raw = read_response(third)
+            assert status_of(raw) == 503
+            assert problem_of(raw)["type"] == "urn:process-status:problem:too-many-connections"
+        finally:
+            for sock in busy:
+                sock.close()
+        assert metric_open(s, "process_status_connections_closed_total", site="api",
+                           reason="limit") >= 1
+        assert "Traceback" not in s.log()
+
+
+def metric_open(server: ServeProcess, name: str, **labels: str) -> float:
+    status, _, body = request("GET", server.metrics_url)
+    assert status == 200, body
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    found = re.search(rf"^{name}{{{wanted}}} (\S+)$", body.decode(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_body_bytes_after_an_early_answer_get_no_second_response(server: ServeProcess) -> None:
+    with connect(server.port) as sock:
+        # No token: 401 at once; the body then trickles in and must not look like a request.
+        sock.sendall(b"PUT /status/x HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n")
+        first = read_response(sock, timeout=5)
+        assert status_of(first) == 401
+        for _ in range(4):
+            sock.sendall(b"12345")
+            time.sleep(0.4)
+        sock.settimeout(3)
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            assert b"408" not in sock.recv(4096)

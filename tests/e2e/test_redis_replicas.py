@@ -17,22 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
-import pytest
 
-from tests.redis_servers import RedisServer, start_redis
+from tests.redis_servers import RedisServer
 from tests.servers import ServeProcess, put, request, start_serve
 from tests.support import Ledger
 
 HEADER = "X-Event-Streamex-Entity-Timestamp"
 
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager

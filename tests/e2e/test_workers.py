@@ -5,31 +5,30 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
-import pytest
 
 from service.web.aggregator import fetch, socket_path
-from tests.redis_servers import RedisServer, start_redis
+from tests.redis_servers import RedisServer
 from tests.servers import EXECUTABLE, ServeProcess, put, request, serving
 
 REQUESTS = 200
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
-
-def worker_pids(server: ServeProcess) -> set[str]:
-    _, _, body = request("GET", server.metrics_url)
+def worker_pids(server: ServeProcess, headers: dict[str, str] | None = None) -> set[str]:
+    _, _, body = request("GET", server.metrics_url, headers=headers)
     return set(re.findall(r'process_status_entities\{worker="(\d+)"\}', body.decode()))
+
+
+def both_workers(server: ServeProcess, headers: dict[str, str] | None = None) -> set[str]:
+    """The two workers' pids, once both serve (the second may still be syncing)."""
+    deadline = time.monotonic() + 30
+    while len(found := worker_pids(server, headers)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def test_one_scrape_adds_up_requests_served_by_every_worker(
@@ -37,10 +36,7 @@ def test_one_scrape_adds_up_requests_served_by_every_worker(
 ) -> None:
     with serving(tmp_path / "data", "--backend", "redis", "--redis-url", redis_server.url,
                  "--workers", "2") as server:
-        deadline = time.monotonic() + 30
-        while len(worker_pids(server)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)  # the second worker may still be syncing
-        workers = worker_pids(server)
+        workers = both_workers(server)
         assert len(workers) == 2
         assert put(server.url, "spread", 1) == 200
         # A fresh connection per request: the kernel hands them to either worker.
@@ -88,3 +84,25 @@ def test_several_workers_need_the_redis_backend(tmp_path: Path) -> None:
                            "--workers", "2"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "--workers 2 needs --backend redis" in done.stderr
+
+
+def test_the_merged_metrics_port_keeps_its_token_and_its_limits(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    token = "workers-metrics-token-0123456789"
+    with serving(tmp_path / "data", "--backend", "redis", "--redis-url", redis_server.url,
+                 "--workers", "2", env={"PROCESS_STATUS_METRICS_TOKENS": token}) as server:
+        status, headers, _ = request("GET", server.metrics_url)
+        assert status == 401
+        assert headers["Content-Type"] == "application/problem+json"
+        authorized = {"Authorization": f"Bearer {token}"}
+        status, _, _ = request("GET", server.metrics_url, headers=authorized)
+        assert status == 200
+        # Every worker answers the master (their sockets need no token of their own).
+        assert len(both_workers(server, authorized)) == 2
+        with ThreadPoolExecutor(8) as pool:  # a flood: far over 20 scrapes a second
+            statuses = list(pool.map(
+                lambda _: request("GET", server.metrics_url, headers=authorized)[0],
+                range(120)))
+        assert 429 in statuses
+        assert statuses.count(200) >= 20
