@@ -37,6 +37,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo 'make bench needs wrk: apt-get install -y wrk'; exit 1; }
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/waiters.py
+	$(BIN)/python bench/scrapes.py
 	$(BIN)/python bench/restore.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/redis_backend.py
