@@ -121,8 +121,8 @@ class EntityCollector(Collector):
             labels=["entity"],
         )
         if self._limit:
-            page, _ = self._store.page("", "", self._limit)
-            for name, (timestamp, _updated) in page:
+            # first(), not page(): the exposition is rendered on a thread (web.metrics_site).
+            for name, (timestamp, _updated) in self._store.first(self._limit):
                 family.add_metric([name], float(timestamp))
         yield family
 

@@ -101,6 +101,13 @@ class StatusStore:
             found.append((name, self._entries[name]))
         return found, False
 
+    def first(self, limit: int) -> list[tuple[str, Entry]]:
+        """The first `limit` entries by name. Safe from another thread (a metrics render):
+        it reads only a slice of the index and single dict lookups, each atomic."""
+        names = self._names[:limit]
+        entries = self._entries
+        return [(name, entry) for name in names if (entry := entries.get(name)) is not None]
+
     def capture(self) -> tuple[dict[str, Entry], list[str]]:
         """A point-in-time copy for a snapshot: the entries and the sorted names.
 

@@ -16,7 +16,7 @@ import itertools
 from collections import defaultdict
 
 _Item = tuple[int, int, "asyncio.Future[bool]"]
-RELEASE_SLICE = 256
+RELEASE_SLICE = 64
 
 
 class WaitersFull(Exception):
