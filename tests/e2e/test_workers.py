@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -106,3 +108,32 @@ def test_the_merged_metrics_port_keeps_its_token_and_its_limits(
                 range(120)))
         assert 429 in statuses
         assert statuses.count(200) >= 20
+
+
+def test_a_worker_that_dies_keeps_its_counts_in_the_sum(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    with serving(tmp_path / "data", "--backend", "redis", "--redis-url", redis_server.url,
+                 "--workers", "2") as server:
+        workers = both_workers(server)
+        assert put(server.url, "survivor", 1) == 200
+        for _ in range(REQUESTS):
+            assert request("GET", f"{server.url}/status/survivor/processed?ts=1")[0] == 200
+        assert processed_total(server) == REQUESTS  # the master has seen every worker's part
+        victim = int(sorted(workers)[0])
+        os.kill(victim, signal.SIGKILL)  # gunicorn starts a replacement
+        deadline = time.monotonic() + 30
+        while str(victim) in (pids := worker_pids(server)) or len(pids) < 2:
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.1)
+        # A counter that went down would read as a reset to Prometheus: the dead worker's
+        # requests stay counted.
+        assert processed_total(server) == REQUESTS
+
+
+def processed_total(server: ServeProcess) -> float:
+    _, _, body = request("GET", server.metrics_url)
+    found = re.search(r'process_status_http_requests_total\{method="GET",'
+                      r'route="/status/\{entity\}/processed",status="200"\} (\S+)',
+                      body.decode())
+    return float(found.group(1)) if found else 0.0
