@@ -1,7 +1,7 @@
 """Real redis-server (and redis-sentinel) processes on free loopback ports, for tests.
 
 No persistence (`--save ''`, `--appendonly no`); every process is stopped by its PID.
-Tests that need Redis skip when redis-server is not installed (`.ci/install-redis.sh`).
+Tests that need Redis skip when redis-server is not installed (`.ci/install-services.sh`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ REDIS_SENTINEL = shutil.which("redis-sentinel")
 
 def require_redis() -> str:
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (run .ci/install-redis.sh)")
+        pytest.skip("redis-server is not installed (run .ci/install-services.sh)")
     return REDIS_SERVER
 
 
@@ -125,7 +125,7 @@ def start_sentinel(directory: Path, master: str, master_port: int, *,
                    down_after_ms: int = 500) -> Sentinel:
     """A redis-sentinel on a free loopback port watching `master` at 127.0.0.1:master_port."""
     if REDIS_SENTINEL is None:
-        pytest.skip("redis-sentinel is not installed (run .ci/install-redis.sh)")
+        pytest.skip("redis-sentinel is not installed (run .ci/install-services.sh)")
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / f"sentinel-{port}.conf"

@@ -202,7 +202,7 @@ def test_compose_prometheus_scrapes_the_service_with_the_alert_rules() -> None:
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not found: install the Debian package "
-                    "`prometheus` (apt-get install prometheus, or .ci/install-tools.sh)")
+                    "`prometheus` (apt-get install prometheus, or .ci/install-services.sh)")
 def test_compose_prometheus_config_is_valid(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     text = (COMPOSE_DIR / "prometheus.yml").read_text()

@@ -8,7 +8,7 @@
   return data, and every loaded rule must evaluate without error.
 
 Needs the Debian package `prometheus` (/usr/bin/prometheus and /usr/bin/promtool;
-`.ci/install-tools.sh` installs it); skipped with that message when missing.
+`.ci/install-services.sh` installs it); skipped with that message when missing.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "process-status.json"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 INSTALL = ("install the Debian package `prometheus` "
-           "(apt-get install prometheus, or .ci/install-tools.sh)")
+           "(apt-get install prometheus, or .ci/install-services.sh)")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=f"promtool not found: {INSTALL}")
 needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None, reason=f"prometheus not found: {INSTALL}")

@@ -1,23 +1,27 @@
 #!/bin/sh
-# Install Redis for the tests that drive it for real (the redis backend):
+# Install the real servers and tools the tests drive, from Debian, without starting them:
 #
-#   redis-server, redis-sentinel -> Debian packages (/usr/bin/redis-server,
-#                                   /usr/bin/redis-sentinel, /usr/bin/redis-cli)
+#   redis-server, redis-sentinel -> the Redis backend's tests (tests/e2e/test_redis_*.py,
+#                                   tests/storage/redis/, tests/web on both backends)
+#   prometheus (with promtool)   -> tests/e2e/test_prometheus.py: `promtool check/test
+#                                   rules` and a real Prometheus scraping a real `serve`
+#   systemd                      -> `systemd-analyze verify` of deploy/systemd
 #
-# Usage: .ci/install-redis.sh        (root, or a user with sudo)
+# Usage: .ci/install-services.sh        (root, or a user with sudo)
 #
-# Installing redis-server with apt normally starts its system service (listening on
-# :6379, and redis-sentinel on :26379). The tests start their own instances on free
-# loopback ports, so -- as deploy/gateways/install.sh does -- this script blocks
-# service start-up during the install with a temporary policy-rc.d (exit 101) and
-# afterwards stops and disables the units in case they got started anyway. A registry
-# hiccup is retried three times. Running it again is a no-op.
+# Installing these packages normally starts their system services (Redis on :6379,
+# Sentinel on :26379, Prometheus on :9090 and a node exporter). The tests start their own
+# instances on free loopback ports, so -- as deploy/gateways/install.sh does -- this
+# blocks service start-up during the install with a temporary policy-rc.d (exit 101)
+# and afterwards stops and disables the units in case they got started anyway. A
+# registry hiccup is retried three times; running it again is a no-op.
 set -eu
 
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 
-packages="redis-server redis-sentinel"
+packages="redis-server redis-sentinel prometheus systemd"
+services="redis-server redis-sentinel prometheus prometheus-node-exporter"
 missing=""
 for p in $packages; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -29,7 +33,7 @@ if [ -n "$missing" ]; then
     policy=/usr/sbin/policy-rc.d
     created_policy=0
     if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\n# added by .ci/install-redis.sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        printf '#!/bin/sh\n# added by .ci/install-services.sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
         $sudo chmod 755 "$policy"
         created_policy=1
     fi
@@ -56,8 +60,8 @@ if [ -n "$missing" ]; then
     done
 fi
 
-# Nothing may be left listening on :6379/:26379 or started at boot: the tests run their own.
-for svc in redis-server redis-sentinel; do
+# Nothing may be left listening or started at boot: the tests run their own.
+for svc in $services; do
     if command -v systemctl >/dev/null 2>&1; then
         # Works without a running systemd too (it only edits the symlinks).
         $sudo systemctl disable "$svc" >/dev/null 2>&1 || true
@@ -73,7 +77,7 @@ for svc in redis-server redis-sentinel; do
     fi
 done
 
-echo "redis installed:"
-for b in redis-server redis-sentinel redis-cli; do
+echo "installed:"
+for b in redis-server redis-sentinel redis-cli prometheus promtool systemd-analyze; do
     printf '  %-16s %s\n' "$b" "$(command -v "$b" || echo MISSING)"
 done
