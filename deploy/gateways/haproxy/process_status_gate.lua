@@ -28,6 +28,32 @@ local FORWARDED_HEADERS = {
 -- --gate-wait (default 0.1 s).
 local GATE_TIMEOUT_MS = 2000
 
+-- Positive answers kept in this Lua state, so that a repeated processed token
+-- costs no round trip at all (HAProxy's own cache, behind the internal proxy
+-- below, still costs one per read): key -> expiry in seconds (core.now()).
+-- Bounded: when full it is emptied, the cheapest eviction that keeps a hot
+-- token's cost at one gate call per max-age.
+local MAX_REMEMBERED = 10000
+local remembered = {}
+local remembered_count = 0
+
+local function now_seconds()
+    local now = core.now()
+    return now.sec + now.usec / 1000000
+end
+
+-- The max-age of a Cache-Control value, nil when it allows no reuse.
+local function max_age_of(control)
+    if control == nil or string.find(control, "no-store", 1, true) then
+        return nil
+    end
+    local seconds = string.match(control, "max%-age=(%d+)")
+    if seconds == nil then
+        return nil
+    end
+    return tonumber(seconds)
+end
+
 -- The tokens as a query string, for HAProxy's cache key (the gate itself reads
 -- only the header): every byte outside RFC 3986's unreserved set is escaped.
 local function query_of(tokens)
@@ -72,6 +98,19 @@ core.register_action("process_status_gate", { "http-req" }, function(txn, gate_u
     if tokens ~= nil then
         url = url .. query_of(tokens)
     end
+    -- The read token is part of the key: an answer given to one is not another's.
+    local key = url .. "\n" .. table.concat(headers["x-process-status-token"] or {}, ",")
+    local expires = remembered[key]
+    if expires ~= nil then
+        if expires > now_seconds() then
+            txn:set_var("txn.gate_status", 200)
+            txn:set_var("txn.gate_retry_after", "")
+            txn:set_var("txn.gate_body", "")
+            return
+        end
+        remembered[key] = nil
+        remembered_count = remembered_count - 1
+    end
 
     local ok, response = pcall(function()
         return core.httpclient():get({
@@ -95,6 +134,19 @@ core.register_action("process_status_gate", { "http-req" }, function(txn, gate_u
             status = response.status
             body = response.body or ""
             retry_after = values_of(response_headers["retry-after"])[1] or ""
+        end
+        local max_age = max_age_of(values_of(response_headers["cache-control"])[1])
+        if max_age ~= nil then
+            -- An answer from HAProxy's cache says how old it already is.
+            max_age = max_age - (tonumber(values_of(response_headers["age"])[1] or "0") or 0)
+        end
+        if status == 200 and max_age ~= nil and max_age > 0 then
+            if remembered_count >= MAX_REMEMBERED then
+                remembered = {}
+                remembered_count = 0
+            end
+            remembered[key] = now_seconds() + max_age
+            remembered_count = remembered_count + 1
         end
     end
     txn:set_var("txn.gate_status", status)
