@@ -130,32 +130,40 @@ def _optional_address(text: str) -> Address | None:
     return None if text.lower() in ("off", "none", "") else _address(text)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a whole number >= 1")
+def _whole(text: str, floor: int) -> int:
+    """A whole number >= floor; the message says what is accepted, never Python's."""
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < floor:
+        raise ValueError(f"must be a whole number >= {floor}, e.g. {max(floor, 1)}")
+    return int(stripped)
+
+
+def _seconds(text: str, floor_included: bool) -> float:
+    """A finite number of seconds, > 0 (or >= 0 when `floor_included`)."""
+    bound = ">= 0" if floor_included else "> 0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 if floor_included else value > 0) or value == float("inf"):
+        raise ValueError(f"must be a number of seconds {bound}, e.g. 0.1 or 30 (no unit)")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be a whole number >= 0")
-    return value
+    return _whole(text, 0)
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds > 0")
-    return value
+    return _seconds(text, floor_included=False)
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise ValueError("must be a number of seconds >= 0")
-    return value
+    return _seconds(text, floor_included=True)
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -184,10 +192,12 @@ def _redis_url(text: str) -> str:
 def _duration(text: str) -> float:
     """Seconds, or milliseconds with an `ms` suffix: 0.1, 0.1s and 100ms are the same."""
     lowered = text.strip().lower()
-    if lowered.endswith("ms"):
-        value = float(lowered[:-2]) / 1000
-    else:
-        value = float(lowered.removesuffix("s"))
+    scale, number = (1000, lowered[:-2]) if lowered.endswith("ms") else \
+        (1, lowered.removesuffix("s"))
+    try:
+        value = float(number) / scale
+    except ValueError:
+        value = float("nan")
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a duration > 0: seconds (0.1, 0.1s) or milliseconds (100ms)")
     return value
@@ -293,7 +303,7 @@ OPTIONS = (
            "backend only; 0: one per available CPU with redis, 1 with local)", "N"),
     Option("--shutdown-timeout", _positive_float, "seconds in-flight requests get on SIGTERM",
            "SECONDS"),
-    Option("--log-level", _choice(*LOG_LEVELS), "debug | info | warning | error", "LEVEL"),
+    Option("--log-level", _choice(*LOG_LEVELS), " | ".join(LOG_LEVELS), "LEVEL"),
     Option("--access-log", _bool, "log every request (costs over half the throughput)",
            is_switch=True),
     Option("--backend", lambda text: BackendKind(_choice(*BackendKind)(text)),
@@ -318,11 +328,18 @@ def option(flag: str) -> Option:
     return next(candidate for candidate in OPTIONS if candidate.flag == flag)
 
 
+def shown_default(option: Option) -> str:
+    """The default as `--help` and the README's config table show it."""
+    default = getattr(DEFAULTS, option.dest, None)
+    # `is`, not `in`: 0 == False, and a 0 default (--workers) is a number, not "off".
+    if default is False:
+        return "off"
+    return "none" if default is None or default == () else str(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
-        default = getattr(DEFAULTS, option.dest, None)
-        shown = "off" if default in (None, False, ()) else default
-        help_text = f"{option.help} [env {option.env}; default {shown}]"
+        help_text = f"{option.help} [env {option.env}; default {shown_default(option)}]"
         if option.is_switch:
             parser.add_argument(option.flag, action="store_const", const="true", default=None,
                                 help=help_text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from service.config import OPTIONS, Settings
+from service.config import OPTIONS, Settings, shown_default
 from service.web.app import create_app
 from tests.servers import ROOT
 
@@ -17,6 +17,13 @@ README = (ROOT / "README.md").read_text()
 def test_every_flag_is_in_the_config_table_with_its_env_var() -> None:
     for option in OPTIONS:
         assert re.search(rf"\| `{option.flag}` \| `{option.env}` \|", README), option.flag
+
+
+def test_the_config_table_shows_the_defaults_that_serve_help_shows() -> None:
+    for option in OPTIONS:
+        row = re.search(rf"\| `{option.flag}` \| `{option.env}` \| ([^|]+) \|", README)
+        assert row is not None, option.flag
+        assert row.group(1).strip("` ") == shown_default(option), option.flag
 
 
 def test_every_metric_is_in_the_metrics_table(tmp_path: Path) -> None:

@@ -218,6 +218,7 @@ class Server(BaseApplication):  # type: ignore[misc]
                         "reset positions; set PROCESS_STATUS_WRITE_TOKENS or "
                         "--write-tokens-file", self.settings.bind)
         settings = self.settings
+        master = os.getpid()
         if self.workers > 1 and settings.metrics_bind is not None:
             # One port for the replica: the master merges what each worker serves.
             self.metrics_dir = private_directory()
@@ -231,10 +232,15 @@ class Server(BaseApplication):  # type: ignore[misc]
             print(f"\nError: {exc}\n", file=sys.stderr)
             sys.exit(1)
         finally:
-            if self.aggregator is not None:
-                self.aggregator.stop()
-            if self.metrics_dir is not None:
-                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            # A worker leaves gunicorn's fork through SystemExit, which unwinds this very
+            # frame in the child: the aggregator's thread and the socket directory are the
+            # master's. (Stopping a thread that was never forked waited for ever: every
+            # two-worker replica took gunicorn's graceful timeout to stop.)
+            if os.getpid() == master:
+                if self.aggregator is not None:
+                    self.aggregator.stop()
+                if self.metrics_dir is not None:
+                    shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]

@@ -23,7 +23,8 @@ class Worker(GunicornUVLoopWebWorker):
         await runner.setup()
         context = self._create_ssl_context(self.cfg) if self.cfg.is_ssl else None
         for sock in self.sockets:
-            site = web.SockSite(runner, sock, ssl_context=context, backlog=self.cfg.backlog)
+            site = web.SockSite(runner, getattr(sock, "sock", sock), ssl_context=context,
+                                backlog=self.cfg.backlog)
             await site.start()
         self.booted = True  # sockets listen: the arbiter may count this worker as up
         pid = os.getpid()

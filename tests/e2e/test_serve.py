@@ -124,11 +124,17 @@ def test_bad_flag_values_exit_2_naming_the_fix(tmp_path: Path) -> None:
         (["--bind", "localhost"], "HOST:PORT"),
         (["--durability", "sometimes"], "fsync, batch, snapshot"),
         (["--gate-status", "404"], "425"),
+        # What is accepted, never Python's own words ("could not convert string to float").
+        (["--redis-wait-timeout", "5min"], "seconds (0.1, 0.1s) or milliseconds (100ms)"),
+        (["--retry-after", "1.5"], "must be a whole number >= 0"),
+        (["--max-wait", "abc"], "must be a number of seconds >= 0, e.g. 0.1"),
+        (["--workers", "two"], "must be a whole number >= 0"),
     ):
         result = subprocess.run([str(EXECUTABLE), "serve", *args], capture_output=True,
                                 text=True, timeout=30, env=_clean_env())
         assert result.returncode == 2, args
         assert expected in result.stderr, result.stderr
+        assert "convert" not in result.stderr and "literal" not in result.stderr, result.stderr
     env = _clean_env() | {"PROCESS_STATUS_SNAPSHOT_INTERVAL": "-5"}
     result = subprocess.run([str(EXECUTABLE), "serve"], capture_output=True, text=True,
                             timeout=30, env=env)
