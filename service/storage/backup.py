@@ -308,9 +308,10 @@ def restore(source: str, data_dir: str, *, force: bool) -> Restored:
     try:
         lock.acquire()
     except DataDirLocked:
+        holder = _holder(lock.path)
         raise BackupError(
-            f"data dir {data_dir} is in use by a running service (pid {_holder(lock.path)}): "
-            "stop it first, then restore"
+            f"data dir {data_dir} is in use by a running service (pid {holder}): stop it "
+            f"first (kill -TERM {holder}, or your service manager's stop), then restore"
         ) from None
     except OSError as exc:
         raise BackupError(f"cannot use data dir {data_dir}: {exc}") from exc

@@ -19,8 +19,11 @@ class DataDirLocked(Exception):
 
 
 class DataDirLock:
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, owner: int | None = None) -> None:
+        """`owner`: the pid that stops the holder (under gunicorn, the master, not the worker
+        that holds the lock: killing a worker only makes gunicorn start another)."""
         self.path = os.path.join(data_dir, LOCK_FILE)
+        self.owner = owner
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -32,12 +35,13 @@ class DataDirLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise DataDirLocked(
-                f"data dir {os.path.dirname(self.path)} is in use by pid {holder}. "
+                f"data dir {os.path.dirname(self.path)} is in use by pid {holder} (stop it with "
+                f"kill -TERM {holder}). "
                 "process-status keeps its state in one process: run gunicorn with exactly one "
                 "worker (--workers 1), and give each instance its own --data-dir"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, str(self.owner or os.getpid()).encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

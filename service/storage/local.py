@@ -43,6 +43,8 @@ class LocalOptions:
     snapshot_interval: float
     fsync_interval: float
     journal_max_bytes: int
+    service_pid: int | None = None
+    """The pid that stops this service, named to whoever finds the data dir locked."""
 
 
 class LocalBackend:
@@ -54,7 +56,7 @@ class LocalBackend:
         self.writer: JournalWriter | None = None
         """None with --durability snapshot (no journal)."""
         self._snapshotter: Snapshotter | None = None
-        self._lock = DataDirLock(options.data_dir)
+        self._lock = DataDirLock(options.data_dir, options.service_pid)
 
     async def start(self) -> str:
         options = self.options

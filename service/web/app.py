@@ -55,9 +55,11 @@ def create_app(
     registry: CollectorRegistry | None = None,
     files: Files | None = None,
     metrics_socket: Path | None = None,
+    service_pid: int | None = None,
 ) -> web.Application:
     """`metrics_socket`: serve /metrics there (a worker of many, see web.aggregator) instead
-    of on --metrics-bind."""
+    of on --metrics-bind. `service_pid`: the process that stops the service (gunicorn's
+    master), when it is not this one."""
     # `*_created` series double the scrape and nobody graphs them (process-wide switch).
     disable_created_metrics()  # type: ignore[no-untyped-call]
     # aiohttp names itself and Python with their versions in every `Server` header, which
@@ -69,7 +71,7 @@ def create_app(
     metrics = Metrics(registry or CollectorRegistry(), store, settings.entity_metrics_limit)
     metrics.waiters.set_function(lambda: waiters.count)
     metrics.waiters_limit.set(settings.max_waiters)
-    backend = create_backend(settings, store, metrics.registry, files)
+    backend = create_backend(settings, store, metrics.registry, files, service_pid)
     writable = Gauge("process_status_writable",
                      "1 while writes can be made durable (journal or Redis healthy), else 0.",
                      registry=metrics.registry)

@@ -16,7 +16,8 @@ from service.store import StatusStore
 
 
 def create_backend(
-    settings: Settings, store: StatusStore, registry: CollectorRegistry, files: Files | None
+    settings: Settings, store: StatusStore, registry: CollectorRegistry, files: Files | None,
+    service_pid: int | None = None,
 ) -> Backend:
     if settings.backend is BackendKind.REDIS:
         target = connection.parse(settings.redis_url, settings.redis_password)
@@ -32,7 +33,7 @@ def create_backend(
         LocalOptions(data_dir=settings.data_dir, durability=settings.durability,
                      snapshot_interval=settings.snapshot_interval,
                      fsync_interval=settings.fsync_interval,
-                     journal_max_bytes=settings.journal_max_bytes),
+                     journal_max_bytes=settings.journal_max_bytes, service_pid=service_pid),
         store, files,
     )
     registry.register(StorageCollector(local.stats))

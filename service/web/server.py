@@ -58,7 +58,8 @@ def make_factory(
         # off unless asked for: it costs more than half the throughput.
         access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
         socket = None if metrics_dir is None else socket_path(metrics_dir, os.getpid())
-        app = create_app(settings, metrics_socket=socket)
+        # A gunicorn worker: the master is who stops the service.
+        app = create_app(settings, metrics_socket=socket, service_pid=os.getppid())
         return GuardedRunner(
             app, site="api", limits=Limits(connection_limit(settings.max_connections),
                                            settings.header_timeout),

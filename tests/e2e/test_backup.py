@@ -178,7 +178,11 @@ def test_restore_into_a_data_dir_a_running_service_holds_is_refused(
             assert code == 1, stdout + stderr
             assert stdout == ""
             assert stderr.count("\n") == 1, stderr
-            assert f"data dir {live} is in use by a running service (pid " in stderr
+            # The master's pid: the one whose SIGTERM stops the service (a worker's would
+            # only make gunicorn start another).
+            master = server.process.pid
+            assert f"data dir {live} is in use by a running service (pid {master}): stop it " \
+                f"first (kill -TERM {master}" in stderr
             assert "Traceback" not in stderr
         assert contents(live) == before
         assert [path.name for path in live.iterdir() if path.is_dir()] == []

@@ -180,7 +180,7 @@ def test_second_instance_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
             assert second.process.wait(60) != 0
         finally:
             second.kill_all()
-        assert "in use by pid" in second.log()
+        assert f"in use by pid {first.process.pid} (stop it with kill -TERM" in second.log()
         assert put(first.url, "posts", 1) == 200  # the first one is unharmed
 
 
