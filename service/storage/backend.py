@@ -59,3 +59,9 @@ class Backend(Protocol):
     def write_health(self) -> str | None:
         """None while writes can be made durable, else why not."""
         ...
+
+    @property
+    def degraded(self) -> str | None:
+        """None, or what an operator should know while reads and writes still work
+        (Redis lost positions that this copy is writing back)."""
+        ...

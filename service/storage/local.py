@@ -117,6 +117,10 @@ class LocalBackend:
             return f"data dir {self.options.data_dir} is not writable"
         return None
 
+    @property
+    def degraded(self) -> str | None:
+        return None  # the journal never starts older than what it acknowledged
+
     @overload
     async def submit(self, mutation: Advance, reserved: int = 0) -> dict[str, Outcome]: ...
 

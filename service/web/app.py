@@ -91,7 +91,7 @@ def create_app(
     setup_routes(app, settings.max_body_bytes,
                  Authenticator(settings.write_tokens, settings.read_tokens), metrics,
                  StatusViews(settings, store, backend, waiters, metrics),
-                 GateView(settings, store, waiters, metrics), ProbeViews(backend))
+                 GateView(settings, store, backend, waiters, metrics), ProbeViews(backend))
     app.cleanup_ctx.append(_backend)
     app.cleanup_ctx.append(_metrics_site)
     app.cleanup_ctx.append(_loop_lag)
@@ -103,6 +103,9 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
     backend: Backend = app[backend_key]
     try:
         summary = await backend.start()
+    except asyncio.CancelledError:
+        await backend.stop()  # a stop signal during start-up (see web.worker)
+        raise
     except StartFailed as exc:
         # One clear line instead of a traceback; gunicorn's arbiter halts on exit code 3
         # (a worker that failed to boot) instead of respawning it forever.

@@ -21,9 +21,10 @@ from aiohttp import web
 from service.config import Settings
 from service.metrics import Metrics
 from service.positions import PositionError, parse_token_header
+from service.storage.backend import Backend
 from service.store import StatusStore
 from service.waiters import Waiters, WaitersFull
-from service.web.problems import Problem
+from service.web.problems import Problem, not_synced
 from service.web.wire import GATE_TOKEN_HEADER
 
 _NO_STORE = "no-store"
@@ -46,7 +47,8 @@ def allowed_headers(header: str, cache_seconds: int) -> dict[str, str]:
 
 class GateView:
     def __init__(
-        self, settings: Settings, store: StatusStore, waiters: Waiters, metrics: Metrics
+        self, settings: Settings, store: StatusStore, backend: Backend, waiters: Waiters,
+        metrics: Metrics,
     ) -> None:
         self.header = settings.token_header
         self.wait = settings.gate_wait
@@ -54,6 +56,7 @@ class GateView:
         self.retry_after = str(settings.retry_after)
         self.allowed = allowed_headers(self.header, settings.gate_cache_seconds)
         self.store = store
+        self.backend = backend
         self.waiters = waiters
         self._counted = metrics.decisions("gate")
         self._wait_duration = metrics.wait_duration
@@ -71,6 +74,8 @@ class GateView:
         waited = False
         for entity, timestamp in tokens:
             done, last = self.store.processed(entity, timestamp)
+            if not done and (reason := self.backend.readiness) is not None:
+                raise not_synced(reason)
             remaining = deadline - time.monotonic()
             if not done and remaining > 0:
                 # At --max-waiters the answer is the same 425, only without the wait.

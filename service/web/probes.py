@@ -27,10 +27,15 @@ class ProbeViews:
         problem = self._backend.readiness
         if problem is not None:
             raise Problem(503, "not-ready", problem)
-        trouble = self._backend.write_health
-        if trouble is None:
-            return json_response({"status": "ready", "writable": True})
-        return json_response({"status": "ready", "writable": False, "detail": trouble})
+        backend = self._backend
+        trouble = backend.write_health
+        body: dict[str, object] = {"status": "ready", "writable": trouble is None}
+        if trouble is not None:
+            body["detail"] = trouble
+        degraded = backend.degraded
+        if degraded is not None:
+            body["degraded"] = degraded
+        return json_response(body)
 
     async def writable(self, request: web.Request) -> web.Response:
         """For whoever routes writes (or alerts): 503 while writes cannot be made durable."""

@@ -67,6 +67,14 @@ def problem_response(
     return response
 
 
+def not_synced(reason: str) -> Problem:
+    """A replica without its first copy cannot tell "unknown" or "not yet" from "yes":
+    saying 404 or "not processed" then would be the false answer this service prevents."""
+    return Problem(503, "not-synced",
+                   f"this replica is {reason}, so it cannot answer yet; retry in a moment "
+                   "(or ask another replica)", headers={"Retry-After": "1"})
+
+
 _KINDS = {
     404: ("not-found", "no route matches {path}: see GET /openapi.yaml for the API"),
     405: ("method-not-allowed", "{method} is not allowed on {path}; allowed: {allowed}"),

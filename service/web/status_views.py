@@ -18,7 +18,7 @@ from service.store import Advance, CapacityError, Delete, Outcome, Reset, Status
 from service.timefmt import rfc3339
 from service.waiters import Waiters, WaitersFull
 from service.web.bodies import BodyReader, Pairs
-from service.web.problems import Problem
+from service.web.problems import Problem, not_synced
 from service.web.responses import json_response
 
 _NOT_CACHED = {"Content-Type": "application/json", "Cache-Control": "no-store"}
@@ -96,7 +96,7 @@ class StatusViews:
         entity = _entity(request)
         entry = self.store.get(entity)
         if entry is None:
-            raise _unknown(entity)
+            raise self._unknown(entity)
         return json_response(
             {"entity": entity, "timestamp": entry[0], "updated_at": rfc3339(entry[1])},
             position=format_token(entity, entry[0]),
@@ -112,6 +112,8 @@ class StatusViews:
         timestamp = _timestamp(_plus_in_query(raw) if " " in raw else raw, "ts")
         wait = self._wait_seconds(query["wait"]) if "wait" in query else 0.0
         done, last = self.store.processed(entity, timestamp)
+        if not done:
+            self._check_synced()
         waited = not done and wait > 0
         if waited:
             done, last = await self._wait(entity, timestamp, wait)
@@ -139,6 +141,7 @@ class StatusViews:
                           f"{limit_text[:40]!r}")
         if len(prefix) > 255 or len(after) > 255:
             raise Problem(400, "invalid-query", "prefix and after are at most 255 characters")
+        self._check_synced()  # a partial list would silently omit entities
         page, more = self.store.page(prefix, after, int(limit_text))
         return json_response({
             "entities": [
@@ -151,10 +154,10 @@ class StatusViews:
     async def delete_status(self, request: web.Request) -> web.Response:
         entity = _entity(request)
         if self.store.get(entity) is None:
-            raise _unknown(entity)
+            raise self._unknown(entity)
         existed = await self._submit(Delete(entity))
         if not existed:
-            raise _unknown(entity)
+            raise self._unknown(entity)
         return web.Response(status=204)
 
     async def reset(self, request: web.Request) -> web.Response:
@@ -166,6 +169,18 @@ class StatusViews:
         return web.Response(status=204)
 
     # -- helpers ---------------------------------------------------------------
+
+    def _check_synced(self) -> None:
+        """Only on the answers that say "unknown" or "not yet": a positive answer is true
+        from any copy, so the hot path pays nothing."""
+        reason = self.backend.readiness
+        if reason is not None:
+            raise not_synced(reason)
+
+    def _unknown(self, entity: str) -> Problem:
+        self._check_synced()
+        return Problem(404, "unknown-entity",
+                       f"no timestamp has been recorded for entity {entity!r}", entity=entity)
 
     async def _record(self, updates: dict[str, int]) -> dict[str, Outcome]:
         # CapacityError: from this store's count, or (Redis) from the shared one.
@@ -231,9 +246,4 @@ def _plus_in_query(value: str) -> str:
 def _not_durable(exc: WriteFailed) -> Problem:
     return Problem(503, "write-not-durable", str(exc), headers={"Retry-After": "1"})
 
-
-
-def _unknown(entity: str) -> Problem:
-    return Problem(404, "unknown-entity",
-                   f"no timestamp has been recorded for entity {entity!r}", entity=entity)
 

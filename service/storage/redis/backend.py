@@ -2,20 +2,27 @@
 
 Writes go to Redis through the coalescing `RedisWriter` (versioned Functions: max-merge,
 delete, reset, the entity limit, all atomic); this process's StatusStore is changed
-only by the `Follower`, which applies the stream every call appends to. So reads,
+by the `Follower`, which applies the stream every call appends to. So reads,
 `processed?`, the gate and long-polls never leave the process, a write on one
-replica wakes waiters on all, and no copy ever runs ahead of Redis.
+replica wakes waiters on all, and no copy holds a position Redis did not acknowledge.
 
-A write is answered once Redis (and WAIT, with --redis-wait-replicas) acknowledged
-it and, for read-your-writes on this replica, once the follower here has applied
-it (waiting at most `apply_timeout`; past that the answer goes out anyway: the
-write is in Redis).
+A write is answered 2xx only once Redis (and WAIT, with --redis-wait-replicas)
+acknowledged it **and this replica reads it**: the follower normally applies it
+within milliseconds; when it lags (a stalled stream read, a resync), the positions
+the function's reply says Redis stored are applied here directly after
+`apply_timeout` (max-merge: safe, and a no-op when the follower gets there). A delete
+or reset the follower has not applied in that time is answered 503 (it is in Redis;
+this replica will apply it). Before the first sync there is no copy to answer from:
+writes and every answer that would say "unknown" or "not yet" get 503 instead.
+
+When Redis is found to have lost positions this copy holds (see follower), they are
+written back (`_repair`), and `degraded` says so until they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,14 +30,21 @@ from typing import overload
 
 from redis.asyncio import Redis
 
+from service.storage.backend import WriteFailed
 from service.storage.redis.connection import Target
 from service.storage.redis.follower import Follower
 from service.storage.redis.library import Full
+from service.storage.redis.master_watch import MasterWatch
 from service.storage.redis.stats import RedisStats
 from service.storage.redis.writer import RedisWriter
 from service.store import Advance, CapacityError, Delete, Mutation, Outcome, Reset, StatusStore
 
 log = logging.getLogger("process_status.redis")
+
+
+# What a write may wait for Redis beyond WAIT before it is answered 503 (documented).
+WRITE_MARGIN = 2.0
+_REPAIR_CHUNK = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +55,8 @@ class RedisOptions:
     stream_maxlen: int = 100_000
     start_timeout: float = 10.0
     """How long start() waits for the first sync before it returns (not ready yet)."""
-    apply_timeout: float = 1.0
+    apply_timeout: float = 0.5
+    """How long a write waits for the follower to apply it before applying it here."""
     block: float = 1.0
 
 
@@ -54,16 +69,19 @@ class RedisBackend:
         self._writer_client: Redis | None = None
         self.writer: RedisWriter | None = None
         self.follower: Follower | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._repair: dict[str, int] = {}
+        self._repairer: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         options = self.options
-        self._writer_client = options.target.client(
-            socket_timeout=options.wait_timeout + 5.0, max_connections=4)
+        deadline = options.wait_timeout + WRITE_MARGIN
+        self._writer_client = options.target.client(socket_timeout=deadline, max_connections=4)
         self.writer = RedisWriter(
             self._writer_client, self.stats, where=self.where,
             max_entities=self.store.max_entities, stream_maxlen=options.stream_maxlen,
-            wait_replicas=options.wait_replicas, wait_timeout=options.wait_timeout)
+            wait_replicas=options.wait_replicas, wait_timeout=options.wait_timeout,
+            deadline=deadline)
         writer = self.writer
 
         async def prepare(client: Redis) -> None:
@@ -73,22 +91,27 @@ class RedisBackend:
         self.follower = Follower(
             lambda: options.target.client(socket_timeout=options.block + 5.0,
                                           max_connections=2),
-            self.store, self.stats, where=self.where, block=options.block, prepare=prepare)
-        self._task = asyncio.create_task(self.follower.run())
+            self.store, self.stats, where=self.where, block=options.block, prepare=prepare,
+            on_loss=self._lost)
+        self._tasks.append(asyncio.create_task(self.follower.run()))
+        if options.target.sentinels:
+            watch = MasterWatch(options.target, self.stats, self._master_switched)
+            self._tasks.append(asyncio.create_task(watch.run()))
         started = time.monotonic()
         if await self.follower.synced(options.start_timeout):
             return (f"following Redis at {self.where}: {len(self.store)} entities synced in "
                     f"{time.monotonic() - started:.2f} s")
         return (f"Redis at {self.where} not synced after {options.start_timeout:g} s "
-                f"({self.follower.failure or 'still copying'}); not ready until it is")
+                f"({self.follower.failure or 'still copying'}); reads and writes answer 503 "
+                "until it is")
 
     async def stop(self) -> None:
         if self.writer is not None:
             await self.writer.drain()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        tasks = [*self._tasks, *([self._repairer] if self._repairer else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._writer_client is not None:
             await self._writer_client.aclose()
 
@@ -106,15 +129,25 @@ class RedisBackend:
         not_synced = self.readiness
         if not_synced is not None:
             return not_synced
-        assert self.follower is not None
+        assert self.follower is not None and self.writer is not None
         if self.follower.failure is not None:
             stale = self.stats.staleness()
             return (f"Redis at {self.where} is unreachable ({self.follower.failure}): writes are "
                     f"refused with 503; reads are served from this replica's copy, which may "
                     f"be up to {stale:.1f} s stale")
-        # A failed write (WAIT short, say) is not counted here: nothing would clear it
-        # while no writes come. Writes answer 503 with the reason themselves.
+        if self.writer.failure is not None:
+            # Cleared by the next write that succeeds, or by the writer's probe.
+            return f"writes to Redis fail: {self.writer.failure}"
         return None
+
+    @property
+    def degraded(self) -> str | None:
+        pending = self.stats.repair_pending
+        if not pending:
+            return None
+        return (f"Redis at {self.where} lost {pending} positions this replica had "
+                "acknowledged (flushed, restarted empty, or failed over without them); they "
+                "are served from this replica's copy and being written back")
 
     @overload
     async def submit(self, mutation: Advance, reserved: int = 0) -> dict[str, Outcome]: ...
@@ -127,18 +160,74 @@ class RedisBackend:
         assert self.writer is not None, "start() first"
         assert self.follower is not None
         try:
+            not_synced = self.readiness
+            if not_synced is not None:
+                raise WriteFailed(f"this replica is {not_synced}, so it could not read the "
+                                  "write back: it was not sent. Retry in a moment")
             call = await self.writer.submit(mutation)
         finally:
             self.store.release(reserved)
-        if isinstance(call.result, Full):
-            raise CapacityError(
-                f"Redis holds {call.result.held} entities and the limit is "
-                f"{self.store.max_entities}; this write would add {call.result.new} more. "
-                "Delete unused entities or raise --max-entities")
-        await self.follower.reached(call.epoch, call.seq, self.options.apply_timeout)
         result = call.result
+        if isinstance(result, Full):
+            raise CapacityError(
+                f"Redis holds {result.held} entities and the limit is "
+                f"{self.store.max_entities}; this write would add {result.new} more. "
+                "Delete unused entities or raise --max-entities")
+        if not await self.follower.reached(call.epoch, call.seq, self.options.apply_timeout):
+            if not isinstance(result, dict):
+                raise WriteFailed(
+                    f"the {type(mutation).__name__.lower()} is done in Redis, but this "
+                    f"replica's copy has not applied it within {self.options.apply_timeout:g} s "
+                    "(its stream read lags); it will. Retrying is safe")
+            # What Redis stored, max-merged here: the 2xx below means this replica reads it.
+            self.store.advance({name: outcome.timestamp for name, outcome in result.items()},
+                               time.time())
         if isinstance(result, dict):
             # The follower applies (and counts) only the advances; count the stale ones
             # this replica's writers sent, as the local backend does.
             self.store.stale += sum(1 for outcome in result.values() if not outcome.advanced)
         return result
+
+    # -- Redis lost positions: write this copy's back ----------------------------------
+
+    def _lost(self, ahead: dict[str, int]) -> None:
+        for name, timestamp in ahead.items():
+            if self._repair.get(name, -1) < timestamp:
+                self._repair[name] = timestamp
+        self.stats.repair_pending = len(self._repair)
+        if self._repairer is None or self._repairer.done():
+            self._repairer = asyncio.create_task(self._write_back())
+
+    async def _write_back(self) -> None:
+        assert self.writer is not None
+        backoff = 0.1
+        written = 0
+        while self._repair:
+            chunk = dict(itertools.islice(self._repair.items(), _REPAIR_CHUNK))
+            try:
+                call = await self.writer.submit(Advance(chunk))
+            except WriteFailed as exc:
+                log.warning("cannot write %d lost positions back into Redis yet: %s",
+                            len(self._repair), exc)
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            if isinstance(call.result, Full):
+                log.error("cannot write %d lost positions back into Redis: it holds %d "
+                          "entities, the limit is %d (--max-entities); retrying in 5 s",
+                          len(self._repair), call.result.held, self.store.max_entities)
+                await asyncio.sleep(5.0)
+                continue
+            backoff = 0.1
+            for name, timestamp in chunk.items():
+                if self._repair.get(name) == timestamp:
+                    del self._repair[name]
+            written += len(chunk)
+            self.stats.repair_pending = len(self._repair)
+        log.warning("wrote %d positions Redis had lost back into Redis at %s", written,
+                    self.where)
+
+    async def _master_switched(self) -> None:
+        assert self.writer is not None and self.follower is not None
+        await self.writer.reconnect()
+        await self.follower.reconnect()

@@ -61,11 +61,16 @@ class Target:
             return client
         if self.username is not None:
             options["username"] = self.username
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(self.sentinels), socket_timeout=connect_timeout,
-            socket_connect_timeout=connect_timeout)
-        master: Redis = sentinel.master_for(self.master, db=self.db, ssl=self.tls, **options)
+        master: Redis = self.sentinel(connect_timeout).master_for(
+            self.master, db=self.db, ssl=self.tls, **options)
         return master
+
+    def sentinel(self, timeout: float = 2.0) -> Sentinel:
+        """A client of the Sentinels of a redis+sentinel:// URL."""
+        assert self.sentinels, "not a redis+sentinel:// target"
+        sentinel: Sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(self.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout)
+        return sentinel
 
     @property
     def redacted(self) -> str:

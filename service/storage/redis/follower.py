@@ -3,17 +3,25 @@
 Sync: read the head (epoch, seq, last id; one key, written atomically with the hash
 and the stream), copy the hash with HSCAN (never HGETALL: it blocks Redis ~0.7 s
 per million entities), install it in the store, then XREAD BLOCK from the head's id.
-Every entry must carry the same epoch and the next seq; anything else (entries
-trimmed away while this copy lagged, a FLUSHALL, a failover to a replica that lacks
-the entries this copy applied) means the copy can no longer be patched: resync.
-After a reconnect, and every `check_interval` while following, the head and the
-entry at this copy's position are checked the same way.
+Every entry must carry the same epoch and the next seq. After a reconnect, every
+`check_interval` while following, and whenever an entry does not continue this copy,
+Redis's history is compared with the copy's position (`_verdict`):
 
-The copy only ever holds what Redis held (each value was written there before it
-was read here), so a lagging copy answers "not yet", never a false "processed".
-Waiters are released when an entry is applied, which is how a write on any
-replica wakes the waiters on all of them. While Redis is unreachable the copy
-keeps serving reads; `RedisStats.staleness` says how old it may be.
+* it continues the copy: follow on;
+* it continues it, but the entries after the copy's position were trimmed away while
+  the copy lagged: copy the hash again, exactly (deletes in the gap included);
+* it does not contain the copy's position (a FLUSHALL, a Redis restarted without
+  persistence, a failover to a replica that lacked the last writes, a deposed master
+  that took writes): Redis **lost** acknowledged positions. The new copy is then the
+  max-merge of this copy and Redis's hash, so nothing acknowledged is forgotten here,
+  and `on_loss` gets the positions Redis lacks, for the backend to write them back
+  (max-merge makes that safe from any number of replicas at once).
+
+The copy only holds positions Redis acknowledged (each value was written there
+before it was read or applied here), so a lagging copy answers "not yet", never a
+false "processed". Waiters are released when an entry is applied, which is how a
+write on any replica wakes the waiters on all of them. While Redis is unreachable
+the copy keeps serving reads; `RedisStats.staleness` says how old it may be.
 """
 
 from __future__ import annotations
@@ -40,7 +48,15 @@ _SCAN_COUNT = 1000
 
 
 class Resync(Exception):
-    """The stream no longer continues this copy: copy the hash again."""
+    """The stream no longer continues this copy: copy the hash again.
+
+    `lost`: Redis's history does not contain this copy's position (keep the copy's
+    positions, merged); None: not known yet (compare the histories first).
+    """
+
+    def __init__(self, reason: str, lost: bool | None) -> None:
+        super().__init__(reason)
+        self.lost = lost
 
 
 class Follower:
@@ -54,6 +70,7 @@ class Follower:
         block: float = 1.0,
         check_interval: float = 1.0,
         prepare: Callable[[Redis], object] | None = None,
+        on_loss: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self._connect = connect
         self._store = store
@@ -62,6 +79,8 @@ class Follower:
         self._block_ms = max(1, round(block * 1000))
         self._check_interval = check_interval
         self._prepare = prepare
+        self._on_loss = on_loss
+        self._client: Redis | None = None
         self.epoch = ""
         self.seq = 0
         self.last_id = "0-0"
@@ -69,6 +88,10 @@ class Follower:
         self.failed_since: float | None = None
         self._synced = asyncio.Event()
         self._needs_sync = True
+        self._keep_local = False
+        """The next sync merges this copy into Redis's (Redis lost positions)."""
+        self._suspect = False
+        """An entry did not continue this copy: the next check must explain why."""
         self._waiting: list[tuple[str, int, asyncio.Future[None]]] = []
 
     # -- for writers -------------------------------------------------------------
@@ -111,31 +134,51 @@ class Follower:
     async def run(self) -> None:
         backoff = 0.05
         while True:
-            client = self._connect()
+            client = self._client = self._connect()
             try:
                 if self._prepare is not None:
                     await self._prepare(client)  # type: ignore[misc]
                 await self._check(client)
                 if self._needs_sync:
-                    await self._sync(client)
+                    await self._sync(client, keep_local=self._keep_local)
                 backoff = 0.05
                 await self._follow(client)
             except Resync as exc:
+                if exc.lost is None:
+                    log.warning("the Redis stream does not continue this copy (%s); comparing "
+                                "histories", exc)
+                    self._suspect = True
+                    continue
                 log.warning("resync from Redis: %s", exc)
                 self._needs_sync = True
+                self._keep_local = exc.lost
             except (RedisError, OSError) as exc:
                 self._lost(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
             finally:
+                self._client = None
                 self._stats.following = False
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose()
 
+    async def reconnect(self) -> None:
+        """Drop the connection (say, Sentinel named another master): the next one
+        re-resolves the address, and compares histories before following."""
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.connection_pool.disconnect()
+
     def _lost(self, exc: BaseException) -> None:
         if self._stats.follower_connected or self.failure is None:
-            log.error("lost Redis at %s; reads are served from the local copy: %s",
-                      self._where, exc)
+            if self._stats.synced:
+                log.error("lost Redis at %s; reads are served from the local copy: %s",
+                          self._where, exc)
+            else:
+                log.error("cannot reach Redis at %s and there is no local copy yet: reads, "
+                          "processed? and the gate answer 503 until the first sync: %s",
+                          self._where, exc)
             self.failed_since = time.monotonic()
         self._stats.follower_connected = False
         self.failure = f"{type(exc).__name__}: {exc}"
@@ -148,24 +191,62 @@ class Follower:
         self._stats.follower_connected = True
 
     async def _check(self, client: Redis) -> None:
-        """Is this copy still a prefix of what Redis holds? Resync if not."""
+        """Does Redis's history still contain this copy's position? Raise Resync if not."""
         async with client.pipeline(transaction=False) as pipe:
             pipe.get(library.HEAD)
             pipe.xrange(library.LOG, self.last_id, self.last_id, count=1)
-            head_raw, at_position = await pipe.execute()
+            pipe.xrange(library.LOG, "-", "+", count=1)
+            head_raw, at_position, oldest = await pipe.execute()
         self._connected()
-        if self._needs_sync or (self.seq == 0 and not self.epoch):
+        suspect, self._suspect = self._suspect, False
+        if self._needs_sync:
             return
-        epoch, seq, _ = library.decode_head(head_raw)
-        if epoch != self.epoch or seq < self.seq:
-            raise Resync(f"Redis holds epoch {epoch or 'none'} seq {seq}; this copy is at "
-                         f"epoch {self.epoch} seq {self.seq} (flushed, or failed over)")
-        if self.seq and (not at_position or
-                         library.decode_entry(at_position[0][1]).seq != self.seq):
-            raise Resync(f"the stream entry {self.last_id} at this copy's position is gone "
-                         "(trimmed, or failed over)")
+        if not self.epoch:
+            # Nothing of an epoch to lose; entries that skip ahead were trimmed unread.
+            if suspect:
+                raise Resync("trimmed: the stream's first entries were gone before this copy "
+                             "read them", lost=False)
+            return
+        head = library.decode_head(head_raw)
+        resync = self._verdict(head, at_position[0][1] if at_position else None,
+                               oldest[0][1] if oldest else None)
+        if resync is None and suspect:
+            resync = Resync("the stream's entries after this copy's position do not continue "
+                            "it", lost=True)
+        if resync is not None:
+            raise resync
 
-    async def _sync(self, client: Redis) -> None:
+    def _verdict(self, head: tuple[str, int, str], at_position: dict[bytes, bytes] | None,
+                 oldest: dict[bytes, bytes] | None) -> Resync | None:
+        """Why Redis's history no longer continues this copy; None while it does."""
+        epoch, seq, last_id = head
+        mine = f"this copy is at epoch {self.epoch} seq {self.seq}"
+        if epoch != self.epoch:
+            return Resync(f"Redis holds epoch {epoch or 'none'} seq {seq}; {mine}: Redis lost "
+                          "its data (FLUSHALL, or restarted without persistence)", lost=True)
+        if seq < self.seq:
+            return Resync(f"Redis holds seq {seq}; {mine}: Redis lost its last writes (a "
+                          "failover to a replica that lacked them)", lost=True)
+        if at_position is not None:
+            if library.decode_entry(at_position).seq == self.seq:
+                return None
+            return Resync(f"the stream entry {self.last_id} is not this copy's; {mine}: "
+                          "another history (a failover, or a deposed master that took writes)",
+                          lost=True)
+        if seq == self.seq:
+            if last_id == self.last_id:
+                return None  # the stream was trimmed to nothing, and nothing followed
+            return Resync(f"Redis's entry seq {seq} is {last_id}, not {self.last_id}; {mine}",
+                          lost=True)
+        if oldest is not None and library.decode_entry(oldest).seq <= self.seq:
+            return Resync(f"the stream reaches back past this copy's position without its "
+                          f"entry {self.last_id}; {mine}: another history", lost=True)
+        return Resync(f"the stream no longer holds the entries after seq {self.seq} (Redis is "
+                      f"at seq {seq}; trimmed while this copy lagged): copying the hash again",
+                      lost=False)
+
+    async def _sync(self, client: Redis, keep_local: bool = False) -> None:
+        """Copy the hash; `keep_local`: Redis lost positions, keep the copy's (merged)."""
         started = time.monotonic()
         raw_head: Any = await client.get(library.HEAD)
         head = library.decode_head(raw_head)
@@ -178,9 +259,24 @@ class Follower:
                 found[name.decode()] = library.decode_value(value)
             if cursor == 0:
                 break
+        ahead: dict[str, int] = {}
+        if keep_local:
+            mine, _ = self._store.capture()
+            for name, entry in mine.items():
+                theirs = found.get(name)
+                if theirs is None or theirs[0] < entry[0]:
+                    ahead[name] = entry[0]
+                    found[name] = entry
+            self._stats.data_losses += 1
+            log.error("Redis at %s holds %d positions older than this replica's copy, or "
+                      "none; the copy keeps them and they are written back to Redis",
+                      self._where, len(ahead))
         self._install(found)
         self.epoch, self.seq, self.last_id = head
         self._needs_sync = False
+        self._keep_local = False
+        if ahead and self._on_loss is not None:
+            self._on_loss(ahead)
         stats = self._stats
         stats.follower_resyncs += 1
         stats.current_since = time.monotonic()
@@ -251,8 +347,7 @@ class Follower:
                     if entry.seq != self.seq + 1 or (self.epoch and entry.epoch != self.epoch):
                         raise Resync(f"stream entry {raw_id.decode()} is epoch {entry.epoch} seq "
                                      f"{entry.seq}; this copy expected epoch {self.epoch} seq "
-                                     f"{self.seq + 1} (trimmed while lagging, flushed, or "
-                                     "failed over)")
+                                     f"{self.seq + 1}", lost=None)
                     _apply_ops(store, entry)
                     self.epoch, self.seq, self.last_id = entry.epoch, entry.seq, raw_id.decode()
                     applied += 1

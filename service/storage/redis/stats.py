@@ -28,6 +28,12 @@ class RedisStats:
     """Writes carried by one FCALL."""
     write_failures: int = 0
     """Calls that failed (Redis unreachable, an error, or WAIT short): their writes got 503."""
+    data_losses: int = 0
+    """Times this copy found that Redis had lost positions it had acknowledged."""
+    repair_pending: int = 0
+    """Positions this copy holds that Redis lost, not yet written back."""
+    sentinel_switches: int = 0
+    """Times Sentinel named another master than the one this replica was writing to."""
     follower_entries: int = 0
     follower_resyncs: int = 0
     follower_lag: float = 0.0
@@ -64,6 +70,17 @@ class RedisCollector(Collector):
         yield CounterMetricFamily("process_status_redis_write_failures",
                                   "Redis write calls that failed; their writes were answered 503.",
                                   value=stats.write_failures)
+        yield CounterMetricFamily("process_status_redis_data_losses",
+                                  "Times Redis was found to have lost positions this replica's "
+                                  "copy holds (FLUSHALL, a restart without persistence, a "
+                                  "failover without them).", value=stats.data_losses)
+        yield GaugeMetricFamily("process_status_redis_repair_pending",
+                                "Positions Redis lost that this replica's copy holds and has "
+                                "not yet written back.", value=stats.repair_pending)
+        yield CounterMetricFamily("process_status_redis_master_switches",
+                                  "Times Sentinel named another master than the one writes "
+                                  "went to (connections were dropped and re-resolved).",
+                                  value=stats.sentinel_switches)
         yield CounterMetricFamily("process_status_redis_follower_entries",
                                   "Stream entries applied to the local copy by the follower.",
                                   value=stats.follower_entries)

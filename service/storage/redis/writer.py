@@ -12,11 +12,19 @@ found its entity, an entity limit refusal); the local store is NOT touched here:
 the follower applies the stream entry. A failed call (Redis unreachable, an error
 reply, WAIT short) fails every write in it with WriteFailed; nothing is applied
 locally by the writer. Max-merge makes the retry of any advance safe.
+
+Each write is answered within `deadline` seconds (--redis-wait-timeout plus a fixed
+margin): a stalled Redis (SIGSTOP, a long script) costs a 503 that says whether the
+write may have been applied, not a socket timeout per call queued before it. After a
+failure the pool's connections are dropped, so the next call connects afresh (through
+Sentinel: to the master it names now), and while no write comes a probe (an empty
+call, plus WAIT) says when writes would succeed again, so `failure` clears itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -55,6 +63,8 @@ class RedisWriter:
         stream_maxlen: int,
         wait_replicas: int,
         wait_timeout: float,
+        deadline: float,
+        probe_interval: float = 1.0,
     ) -> None:
         self._client = client
         self._stats = stats
@@ -62,22 +72,44 @@ class RedisWriter:
         self._head = [str(max_entities), str(stream_maxlen)]
         self._wait_replicas = wait_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
+        self._deadline = deadline
+        self._probe_interval = probe_interval
         self._pending: list[tuple[Mutation, asyncio.Future[Call]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.failure: str | None = None
-        """Why the last call failed; None once one succeeds."""
+        """Why the last call (or probe) failed; None once one succeeds."""
 
     async def submit(self, mutation: Mutation) -> Call:
         future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
-        self._pending.append((mutation, future))
+        item = (mutation, future)
+        self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        # A client that hangs up cancels only its future: the call still goes out.
-        return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._deadline)
+        except TimeoutError:
+            queued = any(pending is item for pending in self._pending)
+            if queued:
+                self._pending = [pending for pending in self._pending if pending is not item]
+            raise WriteFailed(
+                f"Redis at {self._where} did not answer within {self._deadline:g} s "
+                "(--redis-wait-timeout plus 2 s): "
+                + ("the write was not sent and was not applied" if queued else
+                   "the write may or may not have been applied")
+                + ". Retrying is safe (positions only move forward)") from None
+        finally:
+            # A client that hung up, or a deadline: nobody reads this answer any more (the
+            # call, if it went out, still completes for the others in it).
+            future.cancel()
 
     async def drain(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
 
     async def load_library(self) -> None:
         """FUNCTION LOAD REPLACE, only when the version in Redis differs."""
@@ -104,15 +136,34 @@ class RedisWriter:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                if self._prober is None or self._prober.done():
+                    self._prober = asyncio.create_task(self._probe())
                 continue
-            if self.failure is not None:
-                log.info("Redis writes succeed again")
-                self.failure = None
+            self._succeeded()
             self._stats.call_duration.observe(time.perf_counter() - started)
             self._stats.call_batch.observe(len(batch))
             for (_, future), result in zip(batch, reply.results, strict=True):
                 if not future.done():
                     future.set_result(Call(result, reply.epoch, reply.seq))
+
+    def _succeeded(self) -> None:
+        if self.failure is not None:
+            log.info("Redis writes succeed again")
+            self.failure = None
+
+    async def _probe(self) -> None:
+        """While writes fail and none come: an empty call (and WAIT) every interval, until
+        one succeeds. A write in flight answers the same question, so skip a turn then."""
+        while self.failure is not None:
+            await asyncio.sleep(self._probe_interval)
+            if self._pending or (self._flusher is not None and not self._flusher.done()):
+                continue
+            try:
+                await self._call([])
+            except WriteFailed as exc:
+                self.failure = str(exc)
+            else:
+                self._succeeded()
 
     def _take(self) -> list[tuple[Mutation, asyncio.Future[Call]]]:
         pending = self._pending
@@ -135,10 +186,12 @@ class RedisWriter:
                         pipe.wait(self._wait_replicas, self._wait_ms)
                     results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as exc:
+                await self.reconnect()
                 raise WriteFailed(
-                    f"Redis at {self._where} cannot be reached ({type(exc).__name__}: {exc}); "
-                    "the write was not applied. Retry (it is safe); writes resume on their "
-                    "own once Redis answers") from None
+                    f"Redis at {self._where} did not answer ({type(exc).__name__}: {exc}): "
+                    "the write may or may not have been applied. Retrying is safe (positions "
+                    "only move forward); writes resume on their own once Redis answers"
+                ) from None
             reply = results[0]
             if isinstance(reply, ResponseError) and "function not found" in str(reply).lower() \
                     and attempt == 1:
@@ -150,15 +203,24 @@ class RedisWriter:
                                       f"{self._where}: {exc}") from None
                 continue
             if isinstance(reply, Exception):
+                await self.reconnect()  # READONLY: a demoted master; ask Sentinel again
                 raise WriteFailed(f"Redis at {self._where} refused the write: {reply}; "
                                   "the write was not applied") from None
             if self._wait_replicas:
                 acked = results[1]
                 if isinstance(acked, Exception) or int(acked) < self._wait_replicas:
+                    await self.reconnect()
                     raise WriteFailed(
                         f"only {acked} of {self._wait_replicas} Redis replicas confirmed the "
                         f"write within {self._wait_ms} ms (--redis-wait-replicas, "
-                        "--redis-wait-timeout); it is not acknowledged and may be lost on a "
-                        "failover. Retry (it is safe)")
+                        "--redis-wait-timeout): it is not acknowledged, and it may be applied "
+                        "yet lost on a failover. Retrying is safe (positions only move "
+                        "forward)")
             return library.decode_reply(mutations, reply)
         raise AssertionError("unreachable")
+
+    async def reconnect(self) -> None:
+        """Drop every connection: the next call connects afresh (through Sentinel, to
+        whichever master it names now), instead of writing on to a deposed master."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.connection_pool.disconnect()
