@@ -84,3 +84,86 @@ def test_failover_with_wait_loses_no_acknowledged_write(tmp_path: Path) -> None:
         for redis_server in servers:
             with contextlib.suppress(Exception):
                 redis_server.stop()
+
+
+def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
+    tmp_path: Path,
+) -> None:
+    """What a partition does to the master's side, on loopback: Sentinel promotes the
+    replica, while the old master (its REPLICAOF renamed away, as if it could not hear the
+    Sentinels) stays a master and keeps taking writes. Without --redis-wait-replicas, the
+    serve replica must leave it for the master Sentinel names, and whatever it acknowledged
+    on the old one in between must reach the new one (its copy writes it back)."""
+    servers: list[RedisServer] = []
+    sentinels: list[Sentinel] = []
+    try:
+        old = start_redis(tmp_path / "old", "--rename-command", "REPLICAOF", "",
+                          "--rename-command", "SLAVEOF", "")
+        servers.append(old)
+        promoted = start_redis(tmp_path / "promoted", "--replicaof", "127.0.0.1",
+                               str(old.port))
+        servers.append(promoted)
+        for index in range(3):
+            sentinels.append(start_sentinel(tmp_path / f"sentinel{index}", MASTER, old.port))
+
+        def sentinels_ready() -> bool:
+            for sentinel in sentinels:
+                with sentinel.client() as client:
+                    if len(client.sentinel_slaves(MASTER)) < 1 or \
+                            len(client.sentinel_sentinels(MASTER)) < 2:
+                        return False
+            return True
+
+        until(sentinels_ready, "the sentinels to see the replica and each other", 30)
+        url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + \
+            f"/{MASTER}"
+        (tmp_path / "serve").mkdir()
+        server = start_serve(tmp_path / "serve" / "data", "--backend", "redis", "--redis-url",
+                             url, "--workers", "1")
+        try:
+            ledger = Ledger()
+            stop = threading.Event()
+            writers = [threading.Thread(target=write_until, args=(server.url, ledger, stop,
+                                                                   f"d{index}-"))
+                       for index in range(2)]
+            for writer in writers:
+                writer.start()
+            try:
+                until(lambda: ledger.acks >= 200, "acknowledged writes before the failover")
+                with sentinels[0].client() as client:
+                    client.execute_command("SENTINEL", "FAILOVER", MASTER)
+
+                def switched() -> bool:
+                    with sentinels[0].client() as client:
+                        return int(client.sentinel_get_master_addr_by_name(MASTER)[1]) == \
+                            promoted.port
+
+                until(switched, "Sentinel to name the promoted replica", 30)
+                at_switch = ledger.acks
+                until(lambda: ledger.acks >= at_switch + 300, "writes on the new master", 60)
+            finally:
+                stop.set()
+                for writer in writers:
+                    writer.join(30)
+            with old.client() as client:  # still a master: the scenario held
+                assert client.info("replication")["role"] == "master"
+
+            def on_promoted() -> dict[str, int]:
+                with promoted.client() as client:
+                    return {name.decode(): int(value.split(b" ")[0]) for name, value in
+                            client.hgetall("{process-status}:entities").items()}
+
+            until(lambda: ledger.lost(on_promoted()) == [],
+                  "every acknowledged write on the new master")
+            assert ledger.never_above_sent(on_promoted()) == []
+            assert "reconnecting" in server.log()
+            until(lambda: everything(server.url) == on_promoted(),
+                  "the replica's copy to match the new master")
+        finally:
+            server.kill_all()
+    finally:
+        for sentinel in sentinels:
+            sentinel.stop()
+        for redis_server in servers:
+            with contextlib.suppress(Exception):
+                redis_server.stop()

@@ -98,20 +98,34 @@ class RedisBackend:
             watch = MasterWatch(options.target, self.stats, self._master_switched)
             self._tasks.append(asyncio.create_task(watch.run()))
         started = time.monotonic()
-        if await self.follower.synced(options.start_timeout):
-            return (f"following Redis at {self.where}: {len(self.store)} entities synced in "
-                    f"{time.monotonic() - started:.2f} s")
-        return (f"Redis at {self.where} not synced after {options.start_timeout:g} s "
-                f"({self.follower.failure or 'still copying'}); reads and writes answer 503 "
-                "until it is")
+        # Wait for the first copy while it makes progress; an unreachable Redis is not
+        # waited for: the worker then serves at once, answering 503 until the copy exists.
+        while time.monotonic() - started < options.start_timeout:
+            if await self.follower.synced(0.05):
+                return (f"following Redis at {self.where}: {len(self.store)} entities synced "
+                        f"in {time.monotonic() - started:.2f} s")
+            if self.follower.failure is not None:
+                break
+        why = self.follower.failure or "still copying"
+        return f"Redis at {self.where} not synced yet ({why}); reads and writes answer 503 " \
+            "until it is"
 
     async def stop(self) -> None:
         if self.writer is not None:
             await self.writer.drain()
-        tasks = [*self._tasks, *([self._repairer] if self._repairer else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.follower is not None:
+            self.follower.stop()
+        tasks = {*self._tasks, *([self._repairer] if self._repairer else [])}
+        # Cancel until they are gone: one cancel can be lost in redis-py (see Follower.stop).
+        for _ in range(10):
+            tasks = {task for task in tasks if not task.done()}
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.5)
+        else:
+            log.error("background Redis tasks did not stop: %s", tasks)
         if self._writer_client is not None:
             await self._writer_client.aclose()
 
@@ -164,6 +178,7 @@ class RedisBackend:
             if not_synced is not None:
                 raise WriteFailed(f"this replica is {not_synced}, so it could not read the "
                                   "write back: it was not sent. Retry in a moment")
+            history = self.follower.history
             call = await self.writer.submit(mutation)
         finally:
             self.store.release(reserved)
@@ -173,15 +188,20 @@ class RedisBackend:
                 f"Redis holds {result.held} entities and the limit is "
                 f"{self.store.max_entities}; this write would add {result.new} more. "
                 "Delete unused entities or raise --max-entities")
-        if not await self.follower.reached(call.epoch, call.seq, self.options.apply_timeout):
+        follower = self.follower
+        if not await follower.reached(call.epoch, call.seq, history, self.options.apply_timeout):
             if not isinstance(result, dict):
                 raise WriteFailed(
                     f"the {type(mutation).__name__.lower()} is done in Redis, but this "
                     f"replica's copy has not applied it within {self.options.apply_timeout:g} s "
-                    "(its stream read lags); it will. Retrying is safe")
+                    "(its stream read lags, or Redis failed over); retrying is safe")
             # What Redis stored, max-merged here: the 2xx below means this replica reads it.
-            self.store.advance({name: outcome.timestamp for name, outcome in result.items()},
-                               time.time())
+            stored = {name: outcome.timestamp for name, outcome in result.items()}
+            self.store.advance(stored, time.time())
+            if follower.history != history:
+                # It went to a master whose history this copy has since left (a failover,
+                # a deposed master): write it to the current one too.
+                self._lost(stored)
         if isinstance(result, dict):
             # The follower applies (and counts) only the advances; count the stale ones
             # this replica's writers sent, as the local backend does.

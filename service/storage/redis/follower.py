@@ -81,6 +81,7 @@ class Follower:
         self._prepare = prepare
         self._on_loss = on_loss
         self._client: Redis | None = None
+        self._stopping = False
         self.epoch = ""
         self.seq = 0
         self.last_id = "0-0"
@@ -92,7 +93,10 @@ class Follower:
         """The next sync merges this copy into Redis's (Redis lost positions)."""
         self._suspect = False
         """An entry did not continue this copy: the next check must explain why."""
-        self._waiting: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[str, int, int, asyncio.Future[bool]]] = []
+        self.history = 0
+        """Counts the times Redis's history stopped containing this copy's: a stream
+        position (epoch, seq) taken before then names an entry of another history."""
 
     # -- for writers -------------------------------------------------------------
 
@@ -101,15 +105,18 @@ class Follower:
             await asyncio.wait_for(self._synced.wait(), within)
         return self._synced.is_set()
 
-    async def reached(self, epoch: str, seq: int, within: float) -> bool:
-        """Wait until this copy holds the stream position (epoch, seq); False after `within` s."""
+    async def reached(self, epoch: str, seq: int, history: int, within: float) -> bool:
+        """Wait until this copy holds the stream position (epoch, seq) that a write got
+        while `history` was current; False after `within` s, or once the history
+        changed (the position may then name another write's entry)."""
+        if history != self.history:
+            return False
         if self._covers(epoch, seq):
             return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((epoch, seq, future))
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((epoch, seq, history, future))
         try:
-            await asyncio.wait_for(future, within)
-            return True
+            return await asyncio.wait_for(future, within)
         except TimeoutError:
             return False
 
@@ -120,20 +127,29 @@ class Follower:
         if not self._waiting:
             return
         still = []
-        for epoch, seq, future in self._waiting:
+        for epoch, seq, history, future in self._waiting:
             if future.done():
                 continue
-            if self._covers(epoch, seq):
-                future.set_result(None)
+            if history != self.history:
+                future.set_result(False)
+            elif self._covers(epoch, seq):
+                future.set_result(True)
             else:
-                still.append((epoch, seq, future))
+                still.append((epoch, seq, history, future))
         self._waiting = still
 
     # -- the task ------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Leave `run` at its next turn. Cancelling alone is not enough: on Python 3.11 a
+        cancel that lands as redis-py's read timeout fires is swallowed (asyncio.timeout
+        turns it into a TimeoutError, which redis-py answers as an empty blocking read),
+        and the loop read on until gunicorn killed the worker 40 s later."""
+        self._stopping = True
+
     async def run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             client = self._client = self._connect()
             try:
                 if self._prepare is not None:
@@ -268,6 +284,7 @@ class Follower:
                     ahead[name] = entry[0]
                     found[name] = entry
             self._stats.data_losses += 1
+            self.history += 1
             log.error("Redis at %s holds %d positions older than this replica's copy, or "
                       "none; the copy keeps them and they are written back to Redis",
                       self._where, len(ahead))
@@ -319,7 +336,7 @@ class Follower:
     async def _follow(self, client: Redis) -> None:
         stats = self._stats
         checked = time.monotonic()
-        while True:
+        while not self._stopping:
             started = time.monotonic()
             stats.following = True
             try:

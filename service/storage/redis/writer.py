@@ -77,6 +77,7 @@ class RedisWriter:
         self._pending: list[tuple[Mutation, asyncio.Future[Call]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._closing = False
         self.failure: str | None = None
         """Why the last call (or probe) failed; None once one succeeds."""
 
@@ -106,6 +107,7 @@ class RedisWriter:
     async def drain(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        self._closing = True  # a cancel can be lost in redis-py (see Follower.stop)
         if self._prober is not None:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,7 +156,7 @@ class RedisWriter:
     async def _probe(self) -> None:
         """While writes fail and none come: an empty call (and WAIT) every interval, until
         one succeeds. A write in flight answers the same question, so skip a turn then."""
-        while self.failure is not None:
+        while self.failure is not None and not self._closing:
             await asyncio.sleep(self._probe_interval)
             if self._pending or (self._flusher is not None and not self._flusher.done()):
                 continue
