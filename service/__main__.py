@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"process-status {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the HTTP service under gunicorn",
-                                description="Run the HTTP service under gunicorn: one worker with the "
-                                "local backend, --workers replicas of the store with Redis.")
+                                description="Run the HTTP service under gunicorn: one worker "
+                                "with the local backend, --workers replicas of the store with "
+                                "Redis.")
     config.add_arguments(serve)
     inspect = commands.add_parser(
         "inspect", help="check a data dir offline and report what it holds",

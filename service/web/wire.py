@@ -21,7 +21,8 @@ PROBLEM_KINDS = frozenset({
     "expectation-failed", "http-error", "incomplete-body", "internal-error",
     "invalid-batch-entry", "invalid-body", "invalid-entity", "invalid-json", "invalid-limit",
     "invalid-query", "invalid-timestamp", "invalid-token", "invalid-wait", "method-not-allowed",
-    "missing-timestamp", "not-found", "not-processed-yet", "not-ready", "not-writable",
+    "missing-timestamp", "not-found", "not-processed-yet", "not-ready", "not-synced",
+    "not-writable",
     "request-timeout", "reset-disabled", "too-many-connections", "too-many-scrapes",
     "too-many-waiters", "unauthorized", "unknown-entity", "write-not-durable",
 })

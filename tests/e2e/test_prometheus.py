@@ -2,8 +2,8 @@
 
 - `promtool check rules` and `promtool test rules` on deploy/prometheus/.
 - A real Prometheus (loopback, free port, 1 s scrapes, the alert rules loaded) scrapes a
-  real `process-status serve` while the test drives writes, processed? checks and gate
-  calls. Then every panel query of deploy/grafana/process-status.json and every alert
+  real `process-status serve` on the local backend and a real two-worker replica on a
+  real redis-server, while the test drives writes, processed? checks and gate calls. Then every panel query of deploy/grafana/process-status.json and every alert
   expression goes through Prometheus's HTTP API: each must parse, each panel query must
   return data, and every loaded rule must evaluate without error.
 
@@ -32,6 +32,7 @@ import orjson
 import pytest
 import yaml
 
+from tests.redis_servers import redis_running
 from tests.servers import ROOT, ServeProcess, free_port, put, request, serving
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -190,7 +191,8 @@ def test_dashboard_structure() -> None:
     for wanted in ("request rate by route", "latency", "decisions by result", "425 ratio",
                    "position per entity", "lag per entity", "waiters", "journal fsync latency",
                    "journal batch size", "snapshot age", "snapshot duration", "event-loop lag",
-                   "resident memory"):
+                   "resident memory", "redis write calls", "redis follower",
+                   "redis resyncs, losses and write-backs"):
         assert wanted in titles, wanted
 
 
@@ -234,7 +236,7 @@ def _drive_traffic(url: str, round_number: int) -> None:
     assert request("GET", f"{url}/no/such/route")[0] == 404
 
 
-def _write_prometheus_config(work: Path, metrics_port: int, dead_port: int) -> Path:
+def _write_prometheus_config(work: Path, metrics_ports: list[int], dead_port: int) -> Path:
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
                    "scrape_timeout": SCRAPE_INTERVAL},
@@ -242,7 +244,7 @@ def _write_prometheus_config(work: Path, metrics_port: int, dead_port: int) -> P
         "scrape_configs": [{
             "job_name": JOB,
             "static_configs": [
-                {"targets": [f"127.0.0.1:{metrics_port}"]},
+                {"targets": [f"127.0.0.1:{port}" for port in metrics_ports]},
                 # Nothing listens here: ProcessStatusDown must see it (up == 0).
                 {"targets": [f"127.0.0.1:{dead_port}"], "labels": {"role": "dead"}},
             ],
@@ -305,10 +307,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     if PROMETHEUS is None:
         pytest.skip(f"prometheus not found: {INSTALL}")
     work = tmp_path_factory.mktemp("prometheus")
-    # Snapshots every second so the snapshot panels have data within the test.
+    # Snapshots every second so the snapshot panels have data within the test; the Redis
+    # replica fills the Redis panels and proves the Redis alerts evaluate on its series.
     with serving(work / "data", "--snapshot-interval", "1") as server, \
+            redis_running(work / "redis") as redis, \
+            serving(work / "replica", "--backend", "redis", "--redis-url", redis.url,
+                    "--workers", "2") as replica, \
             _running_prometheus(
-                work, _write_prometheus_config(work, server.metrics_port, free_port())
+                work, _write_prometheus_config(
+                    work, [server.metrics_port, replica.metrics_port], free_port())
             ) as prometheus_url:
         live = Live(server, prometheus_url)
 
@@ -322,11 +329,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         # Traffic over a few scrape intervals, so rates and quantiles have something to show.
         for round_number in range(8):
             _drive_traffic(server.url, round_number)
+            _drive_traffic(replica.url, round_number)
             time.sleep(0.4)
         _until("a snapshot", lambda: scraped(
             "process_status_snapshot_last_success_timestamp_seconds", 1))
         _until("a scrape after the traffic", lambda: scraped(
-            'sum(process_status_checks_total{result="timeout"})', 8))
+            'sum(process_status_checks_total{result="timeout"})', 16))
+        _until("the Redis replica's calls", lambda: scraped(
+            "sum(process_status_redis_call_duration_seconds_count)", 8))
         time.sleep(2.5)  # a couple more scrapes: every rate has two samples after the traffic
         # Rules evaluate every second: wait until each has been evaluated at least once.
         _until("every rule evaluated", lambda: all(

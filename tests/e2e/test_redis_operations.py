@@ -220,7 +220,8 @@ def test_a_failing_wait_turns_writes_health_503_until_a_replica_confirms_again(
         assert status == 503
         assert b"writes to Redis fail" in body
         ready = orjson.loads(request("GET", f"{server.url}/readyz")[2])
-        assert ready["status"] == "ready" and ready["writable"] is False
+        assert ready["status"] == "ready"
+        assert ready["writable"] is False
         assert metric(server, "process_status_writable") == 0
         # No write comes; a Redis replica attaches: the probe clears the state by itself.
         follower = start_redis(tmp_path / "redis-replica", "--replicaof", "127.0.0.1",

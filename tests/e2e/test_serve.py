@@ -134,7 +134,8 @@ def test_bad_flag_values_exit_2_naming_the_fix(tmp_path: Path) -> None:
                                 text=True, timeout=30, env=_clean_env())
         assert result.returncode == 2, args
         assert expected in result.stderr, result.stderr
-        assert "convert" not in result.stderr and "literal" not in result.stderr, result.stderr
+        assert "convert" not in result.stderr, result.stderr
+        assert "literal" not in result.stderr, result.stderr
     env = _clean_env() | {"PROCESS_STATUS_SNAPSHOT_INTERVAL": "-5"}
     result = subprocess.run([str(EXECUTABLE), "serve"], capture_output=True, text=True,
                             timeout=30, env=env)

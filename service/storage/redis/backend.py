@@ -143,7 +143,8 @@ class RedisBackend:
         not_synced = self.readiness
         if not_synced is not None:
             return not_synced
-        assert self.follower is not None and self.writer is not None
+        assert self.follower is not None
+        assert self.writer is not None
         if self.follower.failure is not None:
             stale = self.stats.staleness()
             return (f"Redis at {self.where} is unreachable ({self.follower.failure}): writes are "
@@ -248,6 +249,7 @@ class RedisBackend:
                     self.where)
 
     async def _master_switched(self) -> None:
-        assert self.writer is not None and self.follower is not None
+        assert self.writer is not None
+        assert self.follower is not None
         await self.writer.reconnect()
         await self.follower.reconnect()

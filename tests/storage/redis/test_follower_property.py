@@ -4,8 +4,11 @@ Random interleavings of writes (batches, deletes, resets), follower steps of ran
 size (delays), stream trims, flushes and resyncs. After every step the replica's
 copy must equal what Redis held after some earlier call (a prefix of the history),
 never an earlier prefix than it held before, and so every timestamp it would call
-"processed" was acknowledged. The function's replies are checked against a Python
-model too, with timestamps around 2^53 and up to 2^63-1 (Lua numbers are doubles).
+"processed" was acknowledged. A flush makes Redis lose positions: the resync then
+keeps the copy's (merged) and hands the ones Redis lacks to `on_loss`, which writes
+them back as the backend does, so the copy again equals what Redis holds and never
+forgets a position. The function's replies are checked against a Python model too,
+with timestamps around 2^53 and up to 2^63-1 (Lua numbers are doubles).
 """
 
 from __future__ import annotations
@@ -94,6 +97,23 @@ async def check(follower: Follower, url: str) -> None:
         await client.aclose()
 
 
+async def realign(follower: Follower, url: str, suspect: bool) -> bool:
+    """What the follower's loop does after a break: compare histories, then copy again
+    (keeping the copy's positions if Redis lost some). True if it kept them."""
+    client = AsyncRedis.from_url(url)
+    try:
+        follower._suspect = suspect
+        keep = False
+        try:
+            await follower._check(client)
+        except Resync as exc:
+            keep = bool(exc.lost)
+        await follower._sync(client, keep_local=keep)
+        return keep
+    finally:
+        await client.aclose()
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(actions=st.lists(ACTION, max_size=30))
@@ -101,34 +121,42 @@ async def check(follower: Follower, url: str) -> None:
                   ("trim", 1), ("follow", 3)])
 @example(actions=[("write", [Advance({"a": 1})]), ("follow", 1), ("flush",),
                   ("write", [Advance({"b": 1})]), ("follow", 1)])
+@example(actions=[("write", [Advance({"a": 1, "b": 2})]), ("follow", 1), ("flush",),
+                  ("write", [Advance({"a": 0})]), ("check",), ("resync",), ("follow", 2)])
+@example(actions=[("write", [Advance({"a": 5})]), ("follow", 1), ("flush",),
+                  ("write", [Advance({"c": 1})]), ("follow", 1), ("resync",)])
 def test_a_replica_never_answers_ahead_of_redis(
     redis_server: RedisServer, sync_client: redis.Redis, actions: list[tuple[Any, ...]]
 ) -> None:
     sync_client.flushall()
     sync_client.function_load(library.SOURCE, replace=True)
     store = StatusStore(max_entities=len(ENTITIES))
+    lost: list[dict[str, int]] = []
     follower = Follower(lambda: AsyncRedis.from_url(redis_server.url), store, RedisStats(),
-                        where="test")
+                        where="test", on_loss=lost.append)
     follower._needs_sync = False  # an empty copy of an empty Redis
     state: State = {}
     history: list[State] = [{}]
     position = 0
     broken = False
+
+    def write(mutations: list[Mutation]) -> None:
+        raw = sync_client.fcall(library.APPLY, 3, *library.KEYS, str(len(ENTITIES)), "1000",
+                                *library.encode(mutations))
+        reply = library.decode_reply(mutations, raw)
+        for mutation, result in zip(mutations, reply.results, strict=True):
+            if isinstance(result, library.Full):
+                assert isinstance(mutation, Advance)
+                new = [e for e in mutation.updates if e not in state]
+                assert len(state) + len(new) > len(ENTITIES)
+                continue
+            assert result == model_apply(state, mutation), (mutation, result)
+        history.append(dict(state))
+
     for action in actions:
         kind = action[0]
         if kind == "write":
-            mutations: list[Mutation] = action[1]
-            raw = sync_client.fcall(library.APPLY, 3, *library.KEYS, str(len(ENTITIES)), "1000",
-                                    *library.encode(mutations))
-            reply = library.decode_reply(mutations, raw)
-            for mutation, result in zip(mutations, reply.results, strict=True):
-                if isinstance(result, library.Full):
-                    assert isinstance(mutation, Advance)
-                    new = [e for e in mutation.updates if e not in state]
-                    assert len(state) + len(new) > len(ENTITIES)
-                    continue
-                assert result == model_apply(state, mutation), (mutation, result)
-            history.append(dict(state))
+            write(action[1])
         elif kind == "follow" and not broken:
             found: Any = sync_client.xread({library.LOG: follower.last_id}, count=action[1])
             try:
@@ -147,8 +175,17 @@ def test_a_replica_never_answers_ahead_of_redis(
             except Resync:
                 broken = True
         elif kind == "resync":
-            asyncio.run(resync(follower, redis_server.url))
+            kept = asyncio.run(realign(follower, redis_server.url, suspect=broken))
             broken = False
+            if kept:
+                held = copy_of(store)
+                # Nothing the copy held is forgotten: every entity of the merged copy is at
+                # least what Redis holds, and what Redis lacked went to on_loss.
+                assert all(held.get(e, -1) >= t for e, t in state.items()), (held, state)
+                for positions in lost:
+                    write([Advance(positions)])  # the backend's write-back
+                lost.clear()
+            assert not lost
             assert copy_of(store) == state
         copy = copy_of(store)
         matches = [index for index in range(position, len(history)) if history[index] == copy]
