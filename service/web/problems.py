@@ -71,8 +71,8 @@ def not_synced(reason: str) -> Problem:
     """A replica without its first copy cannot tell "unknown" or "not yet" from "yes":
     saying 404 or "not processed" then would be the false answer this service prevents."""
     return Problem(503, "not-synced",
-                   f"this replica is {reason}, so it cannot answer yet; retry in a moment "
-                   "(or ask another replica)", headers={"Retry-After": "1"})
+                   f"this replica cannot answer yet ({reason}); retry in a moment (or ask "
+                   "another replica)", headers={"Retry-After": "1"})
 
 
 _KINDS = {

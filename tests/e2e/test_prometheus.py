@@ -3,8 +3,9 @@
 - `promtool check rules` and `promtool test rules` on deploy/prometheus/.
 - A real Prometheus (loopback, free port, 1 s scrapes, the alert rules loaded) scrapes a
   real `process-status serve` on the local backend and a real two-worker replica on a
-  real redis-server, while the test drives writes, processed? checks and gate calls. Then every panel query of deploy/grafana/process-status.json and every alert
-  expression goes through Prometheus's HTTP API: each must parse, each panel query must
+  real redis-server, while the test drives writes, processed? checks and gate calls. Then
+  every panel query of deploy/grafana/process-status.json and every alert expression goes
+  through Prometheus's HTTP API: each must parse, each panel query must
   return data, and every loaded rule must evaluate without error.
 
 Needs the Debian package `prometheus` (/usr/bin/prometheus and /usr/bin/promtool;

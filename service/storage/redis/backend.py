@@ -177,8 +177,8 @@ class RedisBackend:
         try:
             not_synced = self.readiness
             if not_synced is not None:
-                raise WriteFailed(f"this replica is {not_synced}, so it could not read the "
-                                  "write back: it was not sent. Retry in a moment")
+                raise WriteFailed(f"this replica could not read the write back yet "
+                                  f"({not_synced}): it was not sent. Retry in a moment")
             history = self.follower.history
             call = await self.writer.submit(mutation)
         finally:

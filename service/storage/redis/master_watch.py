@@ -12,9 +12,11 @@ compares histories there (and writes back what the new master lacks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from service.storage.redis.connection import Target
@@ -40,6 +42,14 @@ class MasterWatch:
 
     async def run(self) -> None:
         sentinel = self._target.sentinel()
+        try:
+            await self._watch(sentinel)
+        finally:
+            for client in sentinel.sentinels:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+
+    async def _watch(self, sentinel: Sentinel) -> None:
         name = self._target.master
         while True:
             try:

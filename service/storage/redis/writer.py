@@ -93,9 +93,10 @@ class RedisWriter:
             queued = any(pending is item for pending in self._pending)
             if queued:
                 self._pending = [pending for pending in self._pending if pending is not item]
+            margin = self._deadline - self._wait_ms / 1000
             raise WriteFailed(
                 f"Redis at {self._where} did not answer within {self._deadline:g} s "
-                "(--redis-wait-timeout plus 2 s): "
+                f"(--redis-wait-timeout plus {margin:g} s): "
                 + ("the write was not sent and was not applied" if queued else
                    "the write may or may not have been applied")
                 + ". Retrying is safe (positions only move forward)") from None
