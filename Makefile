@@ -15,8 +15,8 @@ $(RUNTIME): pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $(RUNTIME)
 
-$(STAMP): $(RUNTIME) clients/python/pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,gateways]' -e ./clients/python
+$(STAMP): $(RUNTIME) clients/python/pyproject.toml integrations/postgres/pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,gateways]' -e ./clients/python -e ./integrations/postgres
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,7 +25,7 @@ run: $(RUNTIME)
 	$(BIN)/process-status serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench clients
+	$(BIN)/ruff check service tests bench clients integrations examples
 	$(BIN)/mypy
 
 unit: $(STAMP)

@@ -6,6 +6,9 @@
 #   prometheus (with promtool)   -> tests/e2e/test_prometheus.py: `promtool check/test
 #                                   rules` and a real Prometheus scraping a real `serve`
 #   systemd                      -> `systemd-analyze verify` of deploy/systemd
+#   postgresql-15                -> the Postgres kit's tests and the posts example
+#                                   (integrations/postgres/, examples/posts/): each runs its
+#                                   own initdb cluster as the `postgres` user
 #
 # Usage: .ci/install-services.sh        (root, or a user with sudo)
 #
@@ -20,8 +23,8 @@ set -eu
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 
-packages="redis-server redis-sentinel prometheus systemd"
-services="redis-server redis-sentinel prometheus prometheus-node-exporter"
+packages="redis-server redis-sentinel prometheus systemd postgresql-15"
+services="redis-server redis-sentinel prometheus prometheus-node-exporter postgresql"
 missing=""
 for p in $packages; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -81,3 +84,4 @@ echo "installed:"
 for b in redis-server redis-sentinel redis-cli prometheus promtool systemd-analyze; do
     printf '  %-16s %s\n' "$b" "$(command -v "$b" || echo MISSING)"
 done
+printf '  %-16s %s\n' initdb "$(ls /usr/lib/postgresql/15/bin/initdb 2>/dev/null || echo MISSING)"

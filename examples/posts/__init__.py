@@ -1,0 +1,1 @@
+"""The seed's scenario, run for real: posts, comments and a read model of their counts."""
