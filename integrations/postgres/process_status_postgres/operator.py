@@ -17,13 +17,23 @@ A crash between any two steps repeats nothing and loses nothing: on restart the
 operator resumes from the progress row and skips transactions at or below it, and a
 position is only ever recorded after the transaction that stores it committed. When
 idle it asks the server for the end of what has been decoded and records that (after
-applying everything before it), or tokens taken after unrelated WAL would wait for ever.
+applying everything before it), or tokens taken after unrelated WAL would wait for ever;
+it stores that point as progress and confirms it to the slot only every
+`idle_confirm_interval` (a progress write is WAL too: doing it every turn would keep an
+operator whose read model shares the cluster busy advancing past its own writes).
 
 Why LSNs: they are in commit order, and a transaction's rows are visible exactly when
 its commit is. An `updated_at` column is set before the commit, and transactions
 commit in another order than they set it: recording max(updated_at) lets the gate say
 "processed" for a transaction that has not committed yet (measured: up to 41% false
 "processed" under 32 concurrent writers; 0 with LSNs).
+
+The first start creates the slot and hands `initial_copy` the tables as they were at
+the slot's starting point (a source cursor in the slot's exported snapshot, and a
+target cursor in the transaction that also stores that point as progress), so rows
+written before the slot existed are in the read model too; without `initial_copy` the
+publication's tables must be empty then, or the operator refuses (the gate would vouch
+for rows the read model never got).
 
 Refuses to start when the progress row exists but its slot does not (a new slot would
 start past transactions the read model never saw), or when the slot was confirmed past
@@ -48,9 +58,10 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
+from psycopg2 import sql
 from process_status_client import ProcessStatusClient, ProcessStatusError
 
-from process_status_postgres.lsn import format_lsn
+from process_status_postgres.lsn import format_lsn, parse
 from process_status_postgres.pgoutput import Change, Decoder, Transaction
 
 log = logging.getLogger("process_status_postgres.operator")
@@ -58,6 +69,8 @@ log = logging.getLogger("process_status_postgres.operator")
 Cursor = psycopg2.extensions.cursor
 Projection = Callable[[Cursor, list[Change]], None]
 """Apply the changes (in commit order) to the read model with this cursor; do not commit."""
+InitialCopy = Callable[[Cursor, Cursor], None]
+"""Load the read model from the source as of the slot's start: (source, target) cursors."""
 
 PROGRESS_TABLE = "process_status_progress"
 
@@ -80,7 +93,11 @@ class OperatorOptions:
     """Changes per applied batch at most (a drain stops there and applies)."""
     idle_interval: float = 0.05
     """Seconds between asks for the end of WAL while nothing arrives."""
+    idle_confirm_interval: float = 10.0
+    """Seconds between progress writes (and slot confirmations) while idle."""
     max_backoff: float = 5.0
+    initial_copy: InitialCopy | None = None
+    """On the first start: load what the tables already hold (see the module's notes)."""
 
 
 class Operator:
@@ -89,6 +106,7 @@ class Operator:
         self.projection = projection
         self._stopping = False
         self.entities: tuple[str, ...] = ()
+        self._tables: tuple[tuple[str, str], ...] = ()
         self.applied = 0
         """The end LSN of everything applied and stored in the progress row."""
         self.recorded = 0
@@ -139,9 +157,8 @@ class Operator:
         try:
             progress = self._prepare(target, source)
             cursor = stream.cursor()
-            if progress is None and not self._slot_exists(source):
-                cursor.create_replication_slot(options.slot, output_plugin="pgoutput")
-                log.info("created replication slot %s", options.slot)
+            if progress is None:
+                self._create_slot(cursor, source, target)
             start = self.applied
             cursor.start_replication(
                 slot_name=options.slot, decode=False, start_lsn=start, status_interval=10,
@@ -186,6 +203,7 @@ class Operator:
             raise OperatorError("the publication has two tables of one name in different "
                                 "schemas: entities are table names, so they would collide")
         self.entities = tuple(names)
+        self._tables = tuple((str(schema), str(name)) for schema, name in tables)
         if progress is not None and slot is None:
             raise OperatorError(
                 f"the read model has progress for slot {options.slot!r} (LSN "
@@ -204,19 +222,57 @@ class Operator:
         self.applied = progress or 0
         return progress
 
-    def _slot_exists(self, source: Any) -> bool:
+    def _create_slot(self, cursor: Any, source: Any, target: Any) -> None:
+        """The first start: a new slot, the initial copy as of its starting point, and that
+        point stored as progress, in one target transaction."""
+        options = self.options
         with source.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                        (self.options.slot,))
-            found = cur.fetchone() is not None
+            # No progress row, so nothing was recorded from a slot of this name: one left
+            # by a start that died before its first commit can go.
+            cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (options.slot,))
         source.commit()
-        return found
+        cursor.create_replication_slot(options.slot, output_plugin="pgoutput")
+        _, point_text, snapshot, _ = cursor.fetchone()
+        point = parse(point_text)
+        copy = psycopg2.connect(options.source_dsn)
+        copy.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+                         readonly=True)
+        try:
+            with copy.cursor() as src, target.cursor() as dst:
+                src.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+                if options.initial_copy is not None:
+                    options.initial_copy(src, dst)
+                else:
+                    self._require_empty(src)
+                self._store(dst, point)
+            target.commit()
+        except BaseException:
+            target.rollback()
+            raise
+        finally:
+            copy.close()
+        self.applied = point
+        log.info("created replication slot %s at %s%s", options.slot, format_lsn(point),
+                 " and loaded the tables as of then" if options.initial_copy else "")
+
+    def _require_empty(self, src: Cursor) -> None:
+        for schema, table in self._tables:
+            src.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
+                sql.Identifier(schema, table)))
+            row = src.fetchone()
+            if row is not None and row[0]:
+                raise OperatorError(
+                    f"table {table!r} already holds rows, and the slot {self.options.slot!r} "
+                    "starts after them: the read model would never see them while the gate "
+                    "vouched for them. Pass initial_copy to load them (it gets the tables "
+                    "as of the slot's start), or start the operator before the first write")
 
     def _consume(self, cursor: Any, target: Any) -> None:
         decoder = Decoder()
         batch: list[Transaction] = []
         changes = 0
-        asked = 0.0
+        asked = confirmed = time.monotonic()
         while not self._stopping:
             message = cursor.read_message()
             if message is not None:
@@ -229,7 +285,7 @@ class Operator:
             if batch:
                 # Drained (or full): apply what is complete, then read on.
                 self._apply(target, batch)
-                self._record(batch[-1].end_lsn)
+                self._record(self._positions(batch))
                 cursor.send_feedback(flush_lsn=self.applied, force=True)
                 batch, changes = [], 0
                 continue
@@ -239,10 +295,14 @@ class Operator:
             # sent; every message before it has been read and applied, so when no
             # transaction is open that position is processed for every table.
             end = int(cursor.wal_end)
-            if not decoder.in_transaction and end > self.recorded:
-                self._advance(target, end)
-                cursor.send_feedback(flush_lsn=self.applied, force=True)
             now = time.monotonic()
+            if not decoder.in_transaction and end > self.recorded:
+                self._record(dict.fromkeys(self.entities, end))
+            if not decoder.in_transaction and end > self.applied and \
+                    now - confirmed >= self.options.idle_confirm_interval:
+                self._confirm(target, end)
+                cursor.send_feedback(flush_lsn=self.applied, force=True)
+                confirmed = now
             if now - asked >= self.options.idle_interval:
                 cursor.send_feedback(reply=True, force=True)  # "send a keepalive now"
                 asked = now
@@ -263,12 +323,12 @@ class Operator:
         log.debug("applied %d transactions, %d changes, up to %s", len(batch), len(changes),
                   format_lsn(end))
 
-    def _advance(self, target: Any, end: int) -> None:
+    def _confirm(self, target: Any, end: int) -> None:
+        """Idle: store `end` as progress (nothing in between concerns the read model)."""
         with target.cursor() as cur:
             self._store(cur, end)
         target.commit()
         self.applied = max(self.applied, end)
-        self._record(end)
 
     def _store(self, cur: Cursor, lsn: int) -> None:
         cur.execute(f"INSERT INTO {PROGRESS_TABLE} (slot, lsn) VALUES (%s, %s) "
@@ -276,9 +336,14 @@ class Operator:
                     f"{PROGRESS_TABLE}.lsn, EXCLUDED.lsn), updated_at = now()",
                     (self.options.slot, lsn))
 
-    def _record(self, lsn: int) -> None:
-        """Record `lsn` for every table, retrying until process-status takes it (or stop)."""
-        updates: Mapping[str, int] = {entity: lsn for entity in self.entities}
+    def _positions(self, batch: list[Transaction]) -> dict[str, int]:
+        """What to record once `batch` is applied: its end LSN for every table. (A seam
+        for the test that shows why `updated_at` is no position.)"""
+        return dict.fromkeys(self.entities, batch[-1].end_lsn)
+
+    def _record(self, updates: Mapping[str, int]) -> None:
+        """Record the positions, retrying until process-status takes them (or stop)."""
+        lsn = max(updates.values(), default=0)
         backoff = 0.1
         while updates:
             try:
