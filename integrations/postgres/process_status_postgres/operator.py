@@ -58,8 +58,8 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
-from psycopg2 import sql
 from process_status_client import ProcessStatusClient, ProcessStatusError
+from psycopg2 import sql
 
 from process_status_postgres.lsn import format_lsn, parse
 from process_status_postgres.pgoutput import Change, Decoder, Transaction
