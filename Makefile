@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/restore.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/redis_backend.py
+	$(BIN)/python bench/postgres_positions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

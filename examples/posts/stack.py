@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -111,12 +112,20 @@ def prepare_databases(cluster: ScratchCluster) -> None:
         connection.close()
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when this script dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def started(argv: list[str], log: Path, env: dict[str, str] | None = None,
             ) -> Iterator[subprocess.Popen[bytes]]:
+    # A session of its own: Ctrl-C reaches this script only, which stops them in order.
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env=env, start_new_session=True)
+                                   env=env, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
     try:
         yield process
     finally:
