@@ -8,9 +8,11 @@ put `gate_middleware` in front of their handlers::
         await client.record("posts", 1422057007123000)
         await client.wait_processed("posts", 1422057007123000, timeout=5)
 
-    app = web.Application(middlewares=[gate_middleware(client)])
+    app = web.Application(middlewares=[gate_middleware(client)])   # aiohttp
+    app = GateMiddleware(asgi_app, client)                          # ASGI (Starlette, FastAPI)
 """
 
+from process_status_client.asgi import GateMiddleware
 from process_status_client.client import (
     Processed,
     ProcessStatusClient,
@@ -28,6 +30,7 @@ from process_status_client.positions import (
 )
 
 __all__ = [
+    "GateMiddleware",
     "PositionError",
     "ProcessStatusClient",
     "ProcessStatusError",

@@ -7,8 +7,8 @@ batch's commit LSN in process-status for every table of the publication.
 
 API side: `commit_with_position(conn)` commits and returns the position to hand back
 (`token("posts", lsn)` -> `posts/23803720` in `X-Event-Streamex-Entity-Timestamp`);
-`process_status_client.gate_middleware` (aiohttp) answers 425 for reads whose token is
-not processed yet.
+`process_status_client.gate_middleware` (aiohttp) and `GateMiddleware` (ASGI: Starlette,
+FastAPI) answer 425 for reads whose token is not processed yet.
 """
 
 from process_status_postgres.lsn import format_lsn, parse
