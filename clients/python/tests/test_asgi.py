@@ -9,8 +9,8 @@ service down: 503 (fail closed) or the app (fail open); lifespan events reach th
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
