@@ -1,19 +1,20 @@
-"""Sentinel failover under concurrent writes with WAIT: no acknowledged write is lost.
+"""Sentinel failovers under concurrent writes: no acknowledged write is lost.
 
 A master, two replicas and three sentinels on loopback; a `serve` replica pointed at
 the Sentinels with --redis-wait-replicas 1; writers put fresh entities (so max-merge
 cannot hide a loss); the master is killed with SIGKILL; the writers go on until
 writes succeed again. Every acknowledged write must then be in the new master and in
-the replica's copy. Bounded waits, no timing assertions.
+the replica's copy. Then a deposed master that keeps taking writes (a partition's
+master side). Bounded waits, no timing assertions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
-import redis
 
 from tests.e2e.test_redis_replicas import everything, until, write_until
 from tests.redis_servers import RedisServer, Sentinel, start_redis, start_sentinel
@@ -23,32 +24,67 @@ from tests.support import Ledger
 MASTER = "mymaster"
 
 
-def test_failover_with_wait_loses_no_acknowledged_write(tmp_path: Path) -> None:
+@dataclass
+class SentinelSetup:
+    master: RedisServer
+    replicas: list[RedisServer]
+    sentinels: list[Sentinel]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{MASTER}"
+
+    def master_port(self) -> int:
+        with self.sentinels[0].client() as client:
+            return int(client.sentinel_get_master_addr_by_name(MASTER)[1])
+
+
+@contextlib.contextmanager
+def sentinel_setup(tmp_path: Path, replicas: int, *master_args: str) -> Iterator[SentinelSetup]:
+    """A master, `replicas` replicas and three sentinels that all see each other."""
     servers: list[RedisServer] = []
     sentinels: list[Sentinel] = []
     try:
-        master = start_redis(tmp_path / "master")
+        master = start_redis(tmp_path / "master", *master_args)
         servers.append(master)
-        for index in range(2):
+        for index in range(replicas):
             servers.append(start_redis(tmp_path / f"replica{index}", "--replicaof", "127.0.0.1",
                                        str(master.port)))
         for index in range(3):
             sentinels.append(start_sentinel(tmp_path / f"sentinel{index}", MASTER, master.port))
 
-        def sentinels_ready() -> bool:
+        def ready() -> bool:
             for sentinel in sentinels:
                 with sentinel.client() as client:
-                    if len(client.sentinel_slaves(MASTER)) < 2 or \
+                    if len(client.sentinel_slaves(MASTER)) < replicas or \
                             len(client.sentinel_sentinels(MASTER)) < 2:
                         return False
             return True
 
-        until(sentinels_ready, "the sentinels to see both replicas and each other", 30)
-        url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + \
-            f"/{MASTER}"
+        until(ready, "the sentinels to see the replicas and each other", 30)
+        yield SentinelSetup(master, servers[1:], sentinels)
+    finally:
+        for sentinel in sentinels:
+            sentinel.stop()
+        for redis_server in servers:
+            with contextlib.suppress(Exception):
+                redis_server.stop()
+
+
+def entities(server: RedisServer) -> dict[str, int]:
+    with server.client() as client:
+        return {name.decode(): int(value.split(b" ")[0]) for name, value in
+                client.hgetall("{process-status}:entities").items()}
+
+
+def test_failover_with_wait_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    with sentinel_setup(tmp_path, 2) as setup:
+        master = setup.master
         (tmp_path / "serve").mkdir()
         server = start_serve(tmp_path / "serve" / "data", "--backend", "redis", "--redis-url",
-                             url, "--redis-wait-replicas", "1", "--redis-wait-timeout", "100ms")
+                             setup.url, "--redis-wait-replicas", "1", "--redis-wait-timeout",
+                             "100ms")
         try:
             ledger = Ledger()
             stop = threading.Event()
@@ -67,23 +103,14 @@ def test_failover_with_wait_loses_no_acknowledged_write(tmp_path: Path) -> None:
                 stop.set()
                 for writer in writers:
                     writer.join(30)
-            with sentinels[0].client() as client:
-                host, port = client.sentinel_get_master_addr_by_name(MASTER)
-            assert int(port) != master.port
-            with redis.Redis(host=host, port=int(port)) as new_master:
-                held = {name.decode(): int(value.split(b" ")[0]) for name, value in
-                        new_master.hgetall("{process-status}:entities").items()}
+            port = setup.master_port()
+            assert port != master.port
+            held = entities(next(r for r in setup.replicas if r.port == port))
             assert ledger.lost(held) == []
             assert ledger.never_above_sent(held) == []
             until(lambda: everything(server.url) == held, "the replica's copy to match")
         finally:
             server.kill_all()
-    finally:
-        for sentinel in sentinels:
-            sentinel.stop()
-        for redis_server in servers:
-            with contextlib.suppress(Exception):
-                redis_server.stop()
 
 
 def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
@@ -94,32 +121,12 @@ def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
     Sentinels) stays a master and keeps taking writes. Without --redis-wait-replicas, the
     serve replica must leave it for the master Sentinel names, and whatever it acknowledged
     on the old one in between must reach the new one (its copy writes it back)."""
-    servers: list[RedisServer] = []
-    sentinels: list[Sentinel] = []
-    try:
-        old = start_redis(tmp_path / "old", "--rename-command", "REPLICAOF", "",
-                          "--rename-command", "SLAVEOF", "")
-        servers.append(old)
-        promoted = start_redis(tmp_path / "promoted", "--replicaof", "127.0.0.1",
-                               str(old.port))
-        servers.append(promoted)
-        for index in range(3):
-            sentinels.append(start_sentinel(tmp_path / f"sentinel{index}", MASTER, old.port))
-
-        def sentinels_ready() -> bool:
-            for sentinel in sentinels:
-                with sentinel.client() as client:
-                    if len(client.sentinel_slaves(MASTER)) < 1 or \
-                            len(client.sentinel_sentinels(MASTER)) < 2:
-                        return False
-            return True
-
-        until(sentinels_ready, "the sentinels to see the replica and each other", 30)
-        url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + \
-            f"/{MASTER}"
+    with sentinel_setup(tmp_path, 1, "--rename-command", "REPLICAOF", "",
+                        "--rename-command", "SLAVEOF", "") as setup:
+        old, promoted = setup.master, setup.replicas[0]
         (tmp_path / "serve").mkdir()
         server = start_serve(tmp_path / "serve" / "data", "--backend", "redis", "--redis-url",
-                             url, "--workers", "1")
+                             setup.url, "--workers", "1")
         try:
             ledger = Ledger()
             stop = threading.Event()
@@ -130,15 +137,10 @@ def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
                 writer.start()
             try:
                 until(lambda: ledger.acks >= 200, "acknowledged writes before the failover")
-                with sentinels[0].client() as client:
+                with setup.sentinels[0].client() as client:
                     client.execute_command("SENTINEL", "FAILOVER", MASTER)
-
-                def switched() -> bool:
-                    with sentinels[0].client() as client:
-                        return int(client.sentinel_get_master_addr_by_name(MASTER)[1]) == \
-                            promoted.port
-
-                until(switched, "Sentinel to name the promoted replica", 30)
+                until(lambda: setup.master_port() == promoted.port,
+                      "Sentinel to name the promoted replica", 30)
                 at_switch = ledger.acks
                 until(lambda: ledger.acks >= at_switch + 300, "writes on the new master", 60)
             finally:
@@ -147,23 +149,11 @@ def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
                     writer.join(30)
             with old.client() as client:  # still a master: the scenario held
                 assert client.info("replication")["role"] == "master"
-
-            def on_promoted() -> dict[str, int]:
-                with promoted.client() as client:
-                    return {name.decode(): int(value.split(b" ")[0]) for name, value in
-                            client.hgetall("{process-status}:entities").items()}
-
-            until(lambda: ledger.lost(on_promoted()) == [],
+            until(lambda: ledger.lost(entities(promoted)) == [],
                   "every acknowledged write on the new master")
-            assert ledger.never_above_sent(on_promoted()) == []
+            assert ledger.never_above_sent(entities(promoted)) == []
             assert "reconnecting" in server.log()
-            until(lambda: everything(server.url) == on_promoted(),
+            until(lambda: everything(server.url) == entities(promoted),
                   "the replica's copy to match the new master")
         finally:
             server.kill_all()
-    finally:
-        for sentinel in sentinels:
-            sentinel.stop()
-        for redis_server in servers:
-            with contextlib.suppress(Exception):
-                redis_server.stop()
