@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import redis_url
 from service.positions import POSITION_HEADER
 
 ENV_PREFIX = "PROCESS_STATUS_"
@@ -175,17 +176,8 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
-
-
 def _redis_url(text: str) -> str:
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in REDIS_SCHEMES or not rest:
-        raise ValueError("expected redis://HOST:PORT[/DB], rediss://... (TLS), unix:///PATH or "
-                         "redis+sentinel://HOST:PORT,HOST:PORT/MASTERNAME[/DB]")
-    if "@" in rest.partition("/")[0] and ":" in rest.partition("@")[0]:
-        raise ValueError("put no password in the URL (it would show in logs and `ps`): use "
-                         f"{ENV_PREFIX}REDIS_PASSWORD or --redis-password-file")
+    redis_url.parse(text)  # the one grammar; the backend parses the same text again
     return text
 
 

@@ -34,7 +34,7 @@ from gunicorn.arbiter import Arbiter
 from service import __version__
 from service.config import BackendKind, Settings, from_sources, option
 from service.logs import logconfig_dict
-from service.storage.redis.connection import redacted
+from service.redis_url import redacted
 from service.web.aggregator import Aggregator, private_directory, socket_path
 from service.web.app import connections_key, create_app
 from service.web.connections import GuardedRunner, Limits

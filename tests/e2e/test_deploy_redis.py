@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from service.config import Settings
-from service.storage.redis.connection import SENTINEL_SCHEMES, parse
+from service.redis_url import SENTINEL_SCHEMES
+from service.storage.redis.connection import parse
 from tests.servers import EXECUTABLE, ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes" / "redis"

@@ -129,6 +129,10 @@ def test_bad_flag_values_exit_2_naming_the_fix(tmp_path: Path) -> None:
         (["--retry-after", "1.5"], "must be a whole number >= 0"),
         (["--max-wait", "abc"], "must be a number of seconds >= 0, e.g. 0.1"),
         (["--workers", "two"], "must be a whole number >= 0"),
+        # A URL the backend could not use is refused at start, naming the flag (it was a
+        # traceback in every worker).
+        (["--backend", "redis", "--redis-url", "redis:///0"], "--redis-url"),
+        (["--redis-url", "redis://h:notaport/0"], "accepted forms"),
     ):
         result = subprocess.run([str(EXECUTABLE), "serve", *args], capture_output=True,
                                 text=True, timeout=30, env=_clean_env())
