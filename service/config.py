@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 class Durability(enum.StrEnum):
-    """When a write counts as durable: see the README's durability table."""
+    """When a write counts as durable: see docs/durability.md for what each can lose."""
 
     FSYNC = "fsync"
     BATCH = "batch"
@@ -35,7 +35,7 @@ class Durability(enum.StrEnum):
 
 
 class BackendKind(enum.StrEnum):
-    """Where writes are made durable: see the README's "Scale out"."""
+    """Where writes are made durable: see docs/scale-out.md."""
 
     LOCAL = "local"
     REDIS = "redis"
@@ -248,7 +248,7 @@ OPTIONS = (
            "HOST:PORT"),
     Option("--data-dir", str, "directory for the snapshot and journal", "DIR"),
     Option("--durability", lambda text: Durability(_choice(*Durability)(text)),
-           "fsync | batch | snapshot (see README)", "MODE"),
+           "fsync | batch | snapshot (docs/durability.md)", "MODE"),
     Option("--fsync-interval", _positive_float, "batch mode: seconds between journal fsyncs",
            "SECONDS"),
     Option("--snapshot-interval", _positive_float, "seconds between snapshots (when changed)",
@@ -299,7 +299,7 @@ OPTIONS = (
     Option("--access-log", _bool, "log every request (costs over half the throughput)",
            is_switch=True),
     Option("--backend", lambda text: BackendKind(_choice(*BackendKind)(text)),
-           "local | redis (see README, Scale out)", "KIND"),
+           "local | redis (docs/scale-out.md)", "KIND"),
     Option("--redis-url", _redis_url, "redis://, rediss:// or redis+sentinel://H:P,H:P/MASTER",
            "URL"),
     Option("--redis-password-file", str, "file holding the Redis password (also "
@@ -321,7 +321,7 @@ def option(flag: str) -> Option:
 
 
 def shown_default(option: Option) -> str:
-    """The default as `--help` and the README's config table show it."""
+    """The default as `--help` and docs/configuration.md show it."""
     default = getattr(DEFAULTS, option.dest, None)
     # `is`, not `in`: 0 == False, and a 0 default (--workers) is a number, not "off".
     if default is False:

@@ -1,4 +1,6 @@
-"""The README's tables stay true to the code."""
+"""The README and docs/ stay true to the code: the two commands, the config table (in
+docs/configuration.md), the metrics table (in docs/operations.md), and links that lead
+somewhere."""
 
 from __future__ import annotations
 
@@ -12,16 +14,18 @@ from service.web.app import create_app
 from tests.servers import ROOT
 
 README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_every_flag_is_in_the_config_table_with_its_env_var() -> None:
     for option in OPTIONS:
-        assert re.search(rf"\| `{option.flag}` \| `{option.env}` \|", README), option.flag
+        assert re.search(rf"\| `{option.flag}` \| `{option.env}` \|", CONFIGURATION), option.flag
 
 
 def test_the_config_table_shows_the_defaults_that_serve_help_shows() -> None:
     for option in OPTIONS:
-        row = re.search(rf"\| `{option.flag}` \| `{option.env}` \| ([^|]+) \|", README)
+        row = re.search(rf"\| `{option.flag}` \| `{option.env}` \| ([^|]+) \|", CONFIGURATION)
         assert row is not None, option.flag
         assert row.group(1).strip("` ") == shown_default(option), option.flag
 
@@ -37,7 +41,7 @@ def test_every_metric_is_in_the_metrics_table_marked_with_its_backend(tmp_path: 
     local = exported(Settings(data_dir=str(tmp_path)))
     redis = exported(Settings(data_dir=str(tmp_path), backend=BackendKind.REDIS))
     for name in local | redis:
-        row = re.search(rf"^\| `{name}` \|.*$", README, re.M)
+        row = re.search(rf"^\| `{name}` \|.*$", OPERATIONS, re.M)
         assert row is not None, name
         for only, backend in ((local - redis, "local"), (redis - local, "redis")):
             if name in only:
@@ -47,3 +51,18 @@ def test_every_metric_is_in_the_metrics_table_marked_with_its_backend(tmp_path: 
 def test_readme_gives_the_two_commands() -> None:
     assert "make run" in README
     assert "make test" in README
+
+
+def test_the_readme_stays_a_front_door() -> None:
+    assert len(README.splitlines()) <= 200, "move the detail into docs/"
+
+
+def test_every_relative_link_in_the_readme_and_docs_leads_somewhere() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "deploy").glob("**/README.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:", "#")):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.exists(), f"{page.relative_to(ROOT)} links to {target}: not found"

@@ -22,7 +22,7 @@ HEADER = """\
 # The same alert rules for prometheus-operator (kube-prometheus-stack). Its Prometheus
 # loads only PrometheusRules matching its ruleSelector: add the label it expects (for
 # kube-prometheus-stack, `release: <helm release name>`) under metadata.labels.
-# Runbooks: the `runbook` annotation of each alert, and the README's "Operate it" section.
+# Runbooks: the `runbook` annotation of each alert, and docs/operations.md ("Alerts").
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:

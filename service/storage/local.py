@@ -1,6 +1,6 @@
 """LocalBackend: the embedded default, a journal and snapshots in one data dir.
 
-Three durability modes (see the README for what each can lose):
+Three durability modes (docs/durability.md says what each can lose):
 
 * ``fsync``: a mutation becomes visible, and is answered, only after its journal
   fsync (group commit: see `writer`).

@@ -8,7 +8,7 @@ once. With LSN positions (the kit's) the row is always there. With an operator t
 records the largest `updated_at` it has applied (the same loop, only `_positions`
 changed), processed? says yes for rows still missing: a transaction that set an earlier
 `updated_at` commits after one that set a later one, which the operator has already
-recorded. This test guards the README's claim ("Choosing positions").
+recorded. This test guards the table in docs/positions.md (and the README's summary of it).
 """
 
 from __future__ import annotations
