@@ -1,4 +1,5 @@
-"""The baseline: a bare aiohttp hello-world, run under the service's gunicorn worker class.
+"""The baseline: a bare aiohttp hello-world, run under aiohttp's own uvloop worker (the
+service's worker is that class plus the listen backlog and a stop during start-up).
 
     gunicorn baseline_app:create_app --pythonpath bench \
         -k aiohttp.GunicornUVLoopWebWorker -w 1

@@ -22,7 +22,7 @@ loopback) and `process-status serve` processes, each stopped by its PID at the e
    Functions library (pipelined FCALLs, the backend's own encoding), then `serve
    --backend redis` timed from its start to `/readyz` 200, and the worker's RSS, --runs
    times.
-4. **Reads with 2 workers vs 1**, when `serve --workers` exists; otherwise "pending".
+4. **Reads with 2 workers vs 1**.
 
 Every `serve` but those of 4 runs `--workers 1` (the Redis backend's default is one per
 CPU). `--process-status PATH` benchmarks another executable, e.g. a wrapper running this
@@ -143,9 +143,9 @@ def stopping_all(things: list[Server | RedisProcess]) -> Iterator[list[Server | 
 
 # -- helpers ---------------------------------------------------------------------------
 
-PINNED: list[str] = []
-"""`--workers 1` when serve has the flag (the Redis backend defaults to one worker per
-CPU): every comparison here is one worker against one worker."""
+PINNED = ("--workers", "1")
+"""The Redis backend defaults to one worker per CPU: every comparison here is one worker
+against one worker."""
 
 
 def serve_one(name: str, data_dir: Path, log_dir: Path, *args: str) -> Server:
@@ -435,12 +435,6 @@ def start_up(work: Path, server: RedisProcess, count: int, run: int) -> Startup:
 # -- 4. reads with 2 workers -----------------------------------------------------------
 
 
-def has_workers_flag() -> bool:
-    result = subprocess.run([str(benchlib.PROCESS_STATUS), "serve", "--help"], capture_output=True,
-                            text=True, timeout=60, check=True)
-    return "--workers" in result.stdout
-
-
 def workers(work: Path, master: RedisProcess, args: argparse.Namespace,
             things: list[Server | RedisProcess]) -> dict[int, list[float]]:
     servers: dict[int, Server] = {}
@@ -480,8 +474,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="the process-status executable to run (default: this venv's)")
     args = parser.parse_args(argv)
     benchlib.PROCESS_STATUS = args.process_status
-    has_workers = has_workers_flag()
-    PINNED[:] = ["--workers", "1"] if has_workers else []
     hiredis = "yes" if redis.utils.HIREDIS_AVAILABLE else "no"
     if args.process_status != parser.get_default("process_status"):
         hiredis = "see its environment"
@@ -513,9 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- goal p99 <= 5 ms: {verdict(max(p99s) <= 5.0)}")
             for server in pair:
                 server.stop()
-            workers_rps: dict[int, list[float]] | None = None
-            if has_workers:
-                workers_rps = workers(work, master, args, things)
+            workers_rps = workers(work, master, args, things)
         with stopping_all([]) as things:
             print(f"\n### Start-up sync of {args.entities:,} entities\n")
             loaded = start_redis(work / "redis-startup", "--appendonly", "no")
@@ -534,14 +524,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"worker RSS {span([r.rss_kb / 1024 for r in results], '{:.0f}', ' MB')} "
                   f"(peak {span([r.peak_kb / 1024 for r in results], '{:.0f}', ' MB')})")
     print("\n### Reads with 2 workers vs 1\n")
-    if workers_rps is None:
-        print("- pending: `serve --workers` does not exist yet")
-    else:
-        ratios = [two / one for one, two in zip(workers_rps[1], workers_rps[2], strict=True)]
-        print(f"- `processed?`, 1 worker {span(workers_rps[1])} req/s, 2 workers "
-              f"{span(workers_rps[2])} req/s: {span(ratios, '{:.2f}', 'x')} (2 cores shared by "
-              "wrk, which takes most of one, the workers, Redis and whatever else runs: a "
-              "second worker gets at most what is left of the other core)")
+    ratios = [two / one for one, two in zip(workers_rps[1], workers_rps[2], strict=True)]
+    print(f"- `processed?`, 1 worker {span(workers_rps[1])} req/s, 2 workers "
+          f"{span(workers_rps[2])} req/s: {span(ratios, '{:.2f}', 'x')} (2 cores shared by "
+          "wrk, which takes most of one, the workers, Redis and whatever else runs: a "
+          "second worker gets at most what is left of the other core)")
     print(f"\nload average (1 min) at the end: {loadavg()}")
     return 0
 

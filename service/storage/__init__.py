@@ -1,6 +1,2 @@
-"""Storage: what makes a write durable. One `Backend` seam, the local backend behind it."""
-
-from service.storage.backend import Backend, StartFailed, WriteFailed
-from service.storage.local import LocalBackend, LocalOptions
-
-__all__ = ["Backend", "LocalBackend", "LocalOptions", "StartFailed", "WriteFailed"]
+"""Storage: what makes a write durable. One `Backend` seam (backend.py), the local backend
+(local.py and the files it uses) and the Redis backend (redis/) behind it."""

@@ -12,11 +12,10 @@ from service.web.wire import POSITION_HEADER
 _JSON = {"Content-Type": "application/json"}
 
 
-def json_response(data: Any, status: int = 200, position: str | None = None,
+def json_response(data: Any, position: str | None = None,
                   headers: dict[str, str] = _JSON) -> web.Response:
-    """`position` (an `entity/ts` string) goes out in the position header; `headers` must
-    carry the Content-Type (the default is shared, never modified)."""
+    """A 200. `position` (an `entity/ts` string) goes out in the position header; `headers`
+    must carry the Content-Type (the default is shared, never modified)."""
     if position is None:
-        return web.Response(body=orjson.dumps(data), status=status, headers=headers)
-    return web.Response(body=orjson.dumps(data), status=status,
-                        headers={**headers, POSITION_HEADER: position})
+        return web.Response(body=orjson.dumps(data), headers=headers)
+    return web.Response(body=orjson.dumps(data), headers={**headers, POSITION_HEADER: position})
