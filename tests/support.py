@@ -4,6 +4,7 @@ polling, and the ledger that judges a recovered state."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,13 +44,30 @@ async def state(client: AppClient) -> dict[str, int]:
         after = body["next"]
 
 
-async def eventually(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    """Poll `condition` on the event loop until it holds; TimeoutError after `seconds`."""
+def until(condition: Callable[[], object], what: str, seconds: float = 15.0) -> None:
+    """Poll `condition` (from a test's thread) until it holds; AssertionError naming `what`
+    after `seconds`. Tests wait for what they can observe, never for a fixed time."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {seconds} s waiting for {what}")
+        time.sleep(0.02)
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str,
+                     seconds: float = 10.0) -> None:
+    """Poll `condition` (a function, or a coroutine function) on the event loop until it
+    holds; TimeoutError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not await _holds(condition):
+        if time.monotonic() > deadline:
             raise TimeoutError(f"gave up after {seconds} s waiting for {what}")
         await asyncio.sleep(0.002)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = condition()
+    return await result if inspect.isawaitable(result) else bool(result)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from tests.servers import EXECUTABLE, ServeProcess, put, request, serving, start_serve
+from tests.support import until
 
 WRITE = "limits-write-token-0123456789abcdef"
 METRICS = "metrics-token-0123456789abcdef"
@@ -255,7 +256,10 @@ def test_past_max_connections_a_busy_server_answers_503_and_logs_no_traceback(
         try:
             for sock in busy:
                 sock.sendall(b"G")
-            time.sleep(0.3)
+            # The metrics port is served by the same event loop: once it counts both
+            # connections, the loop has also read their byte (they are no longer idle).
+            until(lambda: metric_open(s, "process_status_connections", site="api") == 2,
+                  "both connections accepted and read")
             with connect(s.port) as third:
                 third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
                 raw = read_response(third)

@@ -35,6 +35,7 @@ import yaml
 
 from tests.redis_servers import redis_running
 from tests.servers import ROOT, ServeProcess, free_port, put, request, serving
+from tests.support import until
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -295,14 +296,6 @@ def _running_prometheus(work: Path, config: Path) -> Iterator[str]:
                 process.wait(10)
 
 
-def _until(what: str, check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     if PROMETHEUS is None:
@@ -326,23 +319,22 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             return status == 200 and bool(result) and float(result[0]["value"][1]) >= at_least
 
         up = f'up{{job="{JOB}", role!="dead"}}'
-        _until("the first scrapes", lambda: scraped(f"count_over_time({up}[1m])", 2))
+        until(lambda: scraped(f"count_over_time({up}[1m])", 2), "the first scrapes", 30)
         # Traffic over a few scrape intervals, so rates and quantiles have something to show.
         for round_number in range(8):
             _drive_traffic(server.url, round_number)
             _drive_traffic(replica.url, round_number)
             time.sleep(0.4)
-        _until("a snapshot", lambda: scraped(
-            "process_status_snapshot_last_success_timestamp_seconds", 1))
-        _until("a scrape after the traffic", lambda: scraped(
-            'sum(process_status_checks_total{result="timeout"})', 16))
-        _until("the Redis replica's calls", lambda: scraped(
-            "sum(process_status_redis_call_duration_seconds_count)", 8))
+        until(lambda: scraped("process_status_snapshot_last_success_timestamp_seconds", 1),
+              "a snapshot", 30)
+        until(lambda: scraped('sum(process_status_checks_total{result="timeout"})', 16),
+              "a scrape after the traffic", 30)
+        until(lambda: scraped("sum(process_status_redis_call_duration_seconds_count)", 8),
+              "the Redis replica's calls", 30)
         time.sleep(2.5)  # a couple more scrapes: every rate has two samples after the traffic
         # Rules evaluate every second: wait until each has been evaluated at least once.
-        _until("every rule evaluated", lambda: all(
-            not rule.get("lastEvaluation", "0001").startswith("0001")
-            for rule in _loaded_rules(live)))
+        until(lambda: all(not rule.get("lastEvaluation", "0001").startswith("0001")
+                          for rule in _loaded_rules(live)), "every rule evaluated", 30)
         yield live
 
 
@@ -391,11 +383,9 @@ def test_loaded_rules_evaluate_without_errors(live: Live) -> None:
 def test_down_alert_sees_a_dead_target(live: Live) -> None:
     """The scrape job has a second target nobody listens on: ProcessStatusDown is pending
     for it (its `for: 2m` keeps it from firing within a test), not for the live one."""
-    _until("ProcessStatusDown pending", lambda: any(
-        alert["labels"].get("role") == "dead"
-        for rule in _loaded_rules(live) if rule["name"] == "ProcessStatusDown"
-        for alert in rule.get("alerts", [])
-    ), timeout=15)
+    until(lambda: any(alert["labels"].get("role") == "dead"
+                      for rule in _loaded_rules(live) if rule["name"] == "ProcessStatusDown"
+                      for alert in rule.get("alerts", [])), "ProcessStatusDown pending", 15)
     down = next(rule for rule in _loaded_rules(live) if rule["name"] == "ProcessStatusDown")
     instances = {alert["labels"]["instance"] for alert in down["alerts"]}
     assert f"127.0.0.1:{live.server.metrics_port}" not in instances

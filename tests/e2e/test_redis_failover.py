@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.test_redis_replicas import everything, until, write_until
+from tests.e2e.test_redis_replicas import everything, write_until
 from tests.redis_servers import RedisServer, Sentinel, start_redis, start_sentinel
 from tests.servers import start_serve
-from tests.support import Ledger
+from tests.support import Ledger, until
 
 MASTER = "mymaster"
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import orjson
 
-from tests.e2e.test_redis_replicas import everything, metric, processed, replica, until
+from tests.e2e.test_redis_replicas import everything, metric, processed, replica
 from tests.e2e.test_workers import both_workers
 from tests.redis_servers import RedisServer, start_redis
 from tests.servers import ServeProcess, free_port, put, request, start_serve
-from tests.support import Ledger
+from tests.support import Ledger, until
 
 HEADER = "X-Event-Streamex-Entity-Timestamp"
 # A hung worker costs gunicorn's graceful timeout (41 s); a healthy stop takes 1-3 s.

@@ -13,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import orjson
 
 from tests.redis_servers import RedisServer
 from tests.servers import ServeProcess, put, request, start_serve
-from tests.support import Ledger
+from tests.support import Ledger, until
 
 HEADER = "X-Event-Streamex-Entity-Timestamp"
 
@@ -46,14 +45,6 @@ def replica(tmp_path: Path, redis: RedisServer, index: int, *args: str) -> Serve
     (tmp_path / f"replica{index}").mkdir(exist_ok=True)
     return start_serve(tmp_path / f"replica{index}" / "data", "--backend", "redis",
                        "--redis-url", redis.url, "--workers", "2", *args)
-
-
-def until(condition: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {seconds} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def everything(url: str) -> dict[str, int]:

@@ -27,7 +27,7 @@ from process_status_client import (
 )
 
 from tests.servers import ServeProcess, free_port, serving, start_serve
-from tests.support import AppClient
+from tests.support import AppClient, eventually
 
 TS = 1422057007123000
 PROBLEM = "urn:process-status:problem:"
@@ -225,11 +225,20 @@ async def test_a_session_passed_in_is_left_open(server: ServeProcess) -> None:
 # -- application side --------------------------------------------------------------
 
 
+async def waiters(server: ServeProcess) -> bool:
+    async with aiohttp.ClientSession() as session, session.get(server.metrics_url) as response:
+        text = await response.text()
+    found = re.search(r"^process_status_waiters (\S+)$", text, re.MULTILINE)
+    return found is not None and float(found.group(1)) >= 1
+
+
 async def test_wait_processed_is_released_by_a_concurrent_record(
-    api: ProcessStatusClient,
+    api: ProcessStatusClient, server: ServeProcess,
 ) -> None:
     waiting = asyncio.create_task(api.wait_processed("wait.posts", TS, timeout=10))
-    await asyncio.sleep(0.2)
+    # Parked on the server (its waiters gauge says so), not merely sent: the record below
+    # is what must release it.
+    await eventually(lambda: waiters(server), "the wait to park")
     assert not waiting.done()
     started = time.monotonic()
     await api.record("wait.posts", TS + 1)
@@ -318,12 +327,12 @@ async def test_middleware_answers_425_when_not_processed_in_time(
 
 
 async def test_middleware_lets_a_request_through_when_processed_during_the_wait(
-    api: ProcessStatusClient, aiohttp_client: MakeAppClient,
+    api: ProcessStatusClient, aiohttp_client: MakeAppClient, server: ServeProcess,
 ) -> None:
     app = await aiohttp_client(_app(api, wait=5.0))
     pending = asyncio.create_task(app.get("/posts", headers={
         "X-Event-Streamex-Entity-Timestamp": f"mw.during/{TS}"}))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: waiters(server), "the middleware's check to park")
     assert not pending.done()
     started = time.monotonic()
     await api.record("mw.during", TS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from process_status_postgres import Operator, OperatorError, commit_with_positio
 from process_status_postgres.operator import Cursor
 
 from tests.servers import ServeProcess, request
+from tests.support import until
 
 
 def insert(dsn: str, table: str, value: int | str) -> int:
@@ -44,14 +44,6 @@ def processed(status: ServeProcess, entity: str, position: int, wait: float = 10
 def recorded(status: ServeProcess, entity: str) -> int | None:
     code, _, body = request("GET", f"{status.url}/status/{entity}")
     return int(orjson.loads(body)["timestamp"]) if code == 200 else None
-
-
-def until(condition: object, what: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {seconds} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def progress(databases: Databases) -> int:

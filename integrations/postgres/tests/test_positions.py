@@ -22,9 +22,10 @@ import pytest
 from kit_support import Databases, operating, project
 from process_status_postgres import Operator, commit_with_position
 from process_status_postgres.pgoutput import Transaction
-from test_operator import processed, until
+from test_operator import processed
 
 from tests.servers import ServeProcess, request
+from tests.support import until
 
 WRITERS = 32
 TRANSACTIONS = 15
