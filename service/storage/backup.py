@@ -229,8 +229,8 @@ def _losses(captured: Captured, stopped: Stop) -> list[str]:
     """One line per journal file the salvage skipped (all or part of), then a total."""
     lines: list[str] = []
     total = 0
-    segments = {int(name[8:18]): data for name, data in captured.contents.items()
-                if name != snapshot.FILENAME}
+    segments = {seq: data for name, data in captured.contents.items()
+                if (seq := journal.segment_seq(name)) is not None}
     if stopped.segment not in segments:
         lines.append(f"{journal.segment_name(stopped.segment)}: missing")
     for seq in sorted(seq for seq in segments if seq >= stopped.segment):
@@ -290,8 +290,7 @@ def _read_verified(path: str) -> tuple[snapshot.Snapshot, bytes]:
         return snapshot.decode(path, raw), raw
     except snapshot.SnapshotError as exc:
         # The snapshot's advice is about a data dir; for a backup, only what is wrong.
-        reason = str(exc).split(". Restore it from a backup")[0].removeprefix("snapshot ")
-        raise DamagedBackup(f"backup {reason}: use another backup") from exc
+        raise DamagedBackup(f"backup {exc.path} {exc.problem}: use another backup") from exc
 
 
 def restore(source: str, data_dir: str, *, force: bool) -> Restored:

@@ -30,10 +30,16 @@ def segment_name(seq: int) -> str:
     return f"journal-{seq:010d}.log"
 
 
+def segment_seq(name: str) -> int | None:
+    """The sequence number of a segment's file name; None for any other file."""
+    match = _SEGMENT.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
 def list_segments(files: Files, data_dir: str) -> list[int]:
     """Sequence numbers of the journal segments in `data_dir`, ascending."""
-    found = (_SEGMENT.fullmatch(name) for name in files.listdir(data_dir))
-    return sorted(int(match.group(1)) for match in found if match)
+    return sorted(seq for name in files.listdir(data_dir)
+                  if (seq := segment_seq(name)) is not None)
 
 
 @dataclass

@@ -24,7 +24,19 @@ from service.store import Advance, Delete, StatusStore
 
 
 class RecoveryError(Exception):
-    """The data dir cannot be restored without losing acknowledged writes."""
+    """The data dir cannot be restored without losing acknowledged writes.
+
+    `segment` and `offset` say where the first damage is (a journal segment's sequence
+    number and a byte offset in it; offset 0 for a missing segment; segment None for the
+    snapshot, `path` naming the file).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, segment: int | None = None,
+                 offset: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.segment = segment
+        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +110,8 @@ def _recover(
     try:
         loaded = snapshot.read(files, data_dir)
     except snapshot.SnapshotError as exc:
-        raise RecoveryError(str(exc)) from exc
+        # Not even a salvage goes on: without the snapshot there is no base to replay onto.
+        raise RecoveryError(str(exc), path=exc.path, offset=exc.offset or 0) from exc
     store.restore(loaded.entries if loaded is not None else {})
     first_needed = 1  # the oldest segment the state on disk cannot do without
     if loaded is not None:
@@ -108,12 +121,13 @@ def _recover(
         first_needed = loaded.next_segment
     try:
         _check_nothing_missing(files, data_dir, loaded is not None, first_needed)
+        _replay(files, data_dir, store, report, repair, warn, first_needed)
     except RecoveryError as exc:
+        # A salvage keeps everything replayed before the first damage, and says where.
         if not salvage:
             raise
-        report.stopped = Stop(str(exc), first_needed, 0)
-    else:
-        _replay(files, data_dir, store, report, repair, warn, first_needed, salvage)
+        segment = first_needed if exc.segment is None else exc.segment
+        report.stopped = Stop(str(exc), segment, exc.offset)
     report.next_seq = max(report.next_seq, first_needed)
     store.finish_restore()
     return report
@@ -137,8 +151,7 @@ def _check_nothing_missing(
         raise RecoveryError(
             f"journal segment {journal.segment_name(first_needed)} is missing in {data_dir}, "
             f"but {journal.segment_name(later[0])} exists: the records between {where} and "
-            "it are gone. Restore the missing files from a backup"
-        )
+            "it are gone. Restore the missing files from a backup", segment=first_needed)
 
 
 def _replay(
@@ -149,56 +162,47 @@ def _replay(
     repair: bool,
     warn: Callable[[str], None],
     first_needed: int,
-    salvage: bool = False,
 ) -> None:
+    """Replay the journal onto `store`. RecoveryError at the first damage, after replaying
+    every record before it (what a salvage keeps)."""
     seqs = journal.list_segments(files, data_dir)
+    report.next_seq = (seqs[-1] + 1) if seqs else 1
     raw = {seq: files.read(os.path.join(data_dir, journal.segment_name(seq))) for seq in seqs}
     valid_bytes = _abandon_markers(raw)
     for index, seq in enumerate(seqs):
         if index and seq != seqs[index - 1] + 1:
-            gap = RecoveryError(
-                f"journal segment {journal.segment_name(seqs[index - 1] + 1)} is missing in "
-                f"{data_dir}: records after it cannot be trusted"
-            )
-            if not salvage:
-                raise gap
-            report.stopped = Stop(str(gap), seqs[index - 1] + 1, 0)
-            break
+            missing = seqs[index - 1] + 1
+            raise RecoveryError(
+                f"journal segment {journal.segment_name(missing)} is missing in {data_dir}: "
+                "records after it cannot be trusted", segment=missing)
         name = journal.segment_name(seq)
         path = os.path.join(data_dir, name)
         data = raw[seq][: valid_bytes.get(seq, len(raw[seq]))]
         frames, damage = framing.decode(data)
-        corrupt: Stop | None = None  # salvage: replay the frames before it, then stop
+        corrupt: RecoveryError | None = None  # raised once the frames before it are replayed
         if damage is not None:
             last = index == len(seqs) - 1
             if not (damage.torn and last and seq not in valid_bytes):
-                error = RecoveryError(
+                corrupt = RecoveryError(
                     f"journal {path} is corrupt at byte offset {damage.offset}: {damage.reason}. "
-                    "Records after it would be lost; restore the file from a backup"
-                )
-                if not salvage:
-                    raise error
-                corrupt = Stop(str(error), seq, damage.offset)
-        if damage is not None and corrupt is None:
-            warn(f"journal {path}: cut off a torn record at byte offset {damage.offset} "
-                 f"({damage.reason}), left by a crash during a write")
-            if repair:
-                files.truncate(path, damage.offset)
-            report.truncated.append(f"{name}@{damage.offset}")
+                    "Records after it would be lost; restore the file from a backup",
+                    path=path, segment=seq, offset=damage.offset)
+            else:
+                warn(f"journal {path}: cut off a torn record at byte offset {damage.offset} "
+                     f"({damage.reason}), left by a crash during a write")
+                if repair:
+                    files.truncate(path, damage.offset)
+                report.truncated.append(f"{name}@{damage.offset}")
         segment = journal.Segment(seq, size=damage.offset if damage else len(data))
+        report.segments.append((name, len(raw[seq]), len(frames)))
+        report.retained.append(segment)
         for offset, payload in frames:
-            try:
-                lsn, moment, mutation = _parse(path, offset, payload)
-                if lsn <= report.last_lsn and lsn > report.snapshot_lsn:
-                    raise RecoveryError(
-                        f"journal {path} is corrupt at byte offset {offset}: record {lsn} is "
-                        f"out of order (after {report.last_lsn})"
-                    )
-            except RecoveryError as exc:
-                if not salvage:
-                    raise
-                corrupt = Stop(str(exc), seq, offset)
-                break
+            lsn, moment, mutation = _parse(path, seq, offset, payload)
+            if lsn <= report.last_lsn and lsn > report.snapshot_lsn:
+                raise RecoveryError(
+                    f"journal {path} is corrupt at byte offset {offset}: record {lsn} is "
+                    f"out of order (after {report.last_lsn})", path=path, segment=seq,
+                    offset=offset)
             segment.max_lsn = max(segment.max_lsn, lsn)
             if isinstance(mutation, records.Abandon) or lsn <= report.snapshot_lsn:
                 continue
@@ -210,14 +214,10 @@ def _replay(
                 store.reset()
             report.last_lsn = lsn
             report.replayed += 1
-        report.segments.append((name, len(raw[seq]), len(frames)))
-        report.retained.append(segment)
         if corrupt is not None:
-            report.stopped = corrupt
-            break
+            raise corrupt
     if repair:
         _drop_covered(files, data_dir, report, first_needed)
-    report.next_seq = (seqs[-1] + 1) if seqs else 1
 
 
 def _drop_covered(files: Files, data_dir: str, report: Report, first_needed: int) -> None:
@@ -252,8 +252,9 @@ def _abandon_markers(raw: dict[int, bytes]) -> dict[int, int]:
     return valid
 
 
-def _parse(path: str, offset: int, payload: memoryview) -> records.JournalRecord:
+def _parse(path: str, seq: int, offset: int, payload: memoryview) -> records.JournalRecord:
     try:
         return records.decode(payload)
     except records.RecordError as exc:
-        raise RecoveryError(f"journal {path} is corrupt at byte offset {offset}: {exc}") from exc
+        raise RecoveryError(f"journal {path} is corrupt at byte offset {offset}: {exc}",
+                            path=path, segment=seq, offset=offset) from exc

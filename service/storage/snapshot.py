@@ -44,7 +44,19 @@ TEMP_MARKER = ".tmp-"
 
 
 class SnapshotError(Exception):
-    """The snapshot file exists but cannot be trusted."""
+    """The snapshot file exists but cannot be trusted.
+
+    `problem` says what is wrong with the file at `path` ("is corrupt at byte offset 12:
+    checksum mismatch"), without the advice the full message adds for a data dir; `offset`
+    is where, when known. A backup check words its own advice from them.
+    """
+
+    def __init__(self, path: str, problem: str, advice: str = "", *,
+                 offset: int | None = None) -> None:
+        super().__init__(f"snapshot {path} {problem}{advice}")
+        self.path = path
+        self.problem = problem
+        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +147,7 @@ def read(files: Files, data_dir: str) -> Snapshot | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise SnapshotError(f"cannot read snapshot {path}: {exc}") from exc
+        raise SnapshotError(path, f"cannot be read: {exc}") from exc
     return decode(path, raw)
 
 
@@ -143,38 +155,34 @@ def decode(path: str, raw: bytes) -> Snapshot:
     frames, damage = framing.decode(raw)
     if damage is not None:
         raise SnapshotError(
-            f"snapshot {path} is corrupt at byte offset {damage.offset}: {damage.reason}. "
-            "Restore it from a backup; without it the journal alone would start the "
-            "service older than what it acknowledged"
-        )
+            path, f"is corrupt at byte offset {damage.offset}: {damage.reason}",
+            ". Restore it from a backup; without it the journal alone would start the "
+            "service older than what it acknowledged", offset=damage.offset)
     if len(frames) < 2:
-        raise SnapshotError(f"snapshot {path} is corrupt: it has no header or no trailer")
+        raise SnapshotError(path, "is corrupt: it has no header or no trailer")
     try:
         header = orjson.loads(frames[0][1])
         trailer = orjson.loads(frames[-1][1])
         if header.get("format") != FORMAT:
-            raise SnapshotError(f"{path} is not a process-status snapshot")
+            raise SnapshotError(path, "is not a process-status snapshot")
         if header.get("version") != VERSION:
             raise SnapshotError(
-                f"snapshot {path} has format version {header.get('version')}, this build reads "
-                f"version {VERSION}: run the release that wrote it, or move the file away"
-            )
+                path, f"has format version {header.get('version')}, this build reads version "
+                f"{VERSION}", ": run the release that wrote it, or move the file away")
         entries: dict[str, Entry] = {}
         for offset, payload in frames[1:-1]:
             chunk = orjson.loads(payload)
             names, stamps, updated = chunk["e"], chunk["t"], chunk["u"]
             if not len(names) == len(stamps) == len(updated):
-                raise SnapshotError(
-                    f"snapshot {path} is corrupt at byte offset {offset}: uneven chunk columns"
-                )
+                raise SnapshotError(path, f"is corrupt at byte offset {offset}: uneven chunk "
+                                    "columns", offset=offset)
             entries.update(zip(names, zip(stamps, updated, strict=True), strict=True))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise SnapshotError(f"snapshot {path} is corrupt: {exc}") from exc
+        raise SnapshotError(path, f"is corrupt: {exc}") from exc
     count = header.get("entities")
     if trailer.get("end") is not True or trailer.get("entities") != count or len(entries) != count:
-        raise SnapshotError(
-            f"snapshot {path} is corrupt: header says {count} entities, found {len(entries)}"
-        )
+        raise SnapshotError(path, f"is corrupt: header says {count} entities, found "
+                            f"{len(entries)}")
     return Snapshot(entries, int(header["lsn"]), str(header["created_at"]),
                     int(header.get("segment", 0)))
 

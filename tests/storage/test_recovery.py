@@ -149,6 +149,9 @@ def test_journal_corruption_refuses_recovery_naming_file_and_offset(
 
     assert str(damaged) in str(caught.value)
     assert f"byte offset {offset}" in str(caught.value)
+    # ...and in fields, for tools that act on it (salvage, backup) without parsing text.
+    assert (caught.value.path, caught.value.segment, caught.value.offset) == \
+        (str(damaged), 1, offset)
     assert contents(data_dir) == before, "a refused recovery must not change the files"
 
 
@@ -187,6 +190,8 @@ def test_damaged_snapshot_refuses_recovery_naming_file_and_offset(
 
     assert str(path) in str(caught.value)
     assert f"byte offset {offset}" in str(caught.value)
+    assert (caught.value.path, caught.value.segment, caught.value.offset) == \
+        (str(path), None, offset)
 
 
 def test_snapshot_missing_its_trailer_or_of_another_version_is_refused(tmp_path: Path) -> None:
@@ -305,6 +310,7 @@ def test_missing_middle_segment_refuses_recovery(tmp_path: Path) -> None:
 
     assert journal.segment_name(2) in str(caught.value)
     assert str(data_dir) in str(caught.value)
+    assert (caught.value.segment, caught.value.offset) == (2, 0)
 
 
 # -- the journal stays bounded -----------------------------------------------------------
