@@ -19,23 +19,21 @@ import os
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterable, Iterator
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from service.config import Address
-from service.web.auth import Access, Authenticator, bearer
-from service.web.metrics_site import METRICS_CONNECTIONS, SCRAPE_BURST, SCRAPE_RATE
-from service.web.wire import PROBLEM_TYPE_PREFIX
+from service.web.metrics_site import METRICS_CONNECTIONS
+from service.web.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from service.web.problems import problem_body
+from service.web.scrape_gate import Refusal, ScrapeGate
 
 log = logging.getLogger("process_status.metrics")
 
@@ -162,25 +160,6 @@ def _counters_only(text: str) -> str:
     return generate_latest(registry).decode()
 
 
-class _Limiter:
-    """SCRAPE_RATE scrapes a second after a burst, shared by every client (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._tokens = SCRAPE_BURST
-        self._checked = time.monotonic()
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(SCRAPE_BURST, self._tokens + (now - self._checked) * SCRAPE_RATE)
-            self._checked = now
-            if self._tokens < 1:
-                return False
-            self._tokens -= 1
-            return True
-
-
 class Aggregator:
     """The replica's metrics port, served from the gunicorn master on a thread.
 
@@ -191,9 +170,8 @@ class Aggregator:
 
     def __init__(self, bind: Address, directory: Path, tokens: tuple[str, ...],
                  header_timeout: float, backlog: int) -> None:
-        auth = Authenticator((), tokens)
+        gate = ScrapeGate(tokens)
         workers = Workers(directory)
-        limiter = _Limiter()
         self._directory = directory
 
         class Handler(BaseHTTPRequestHandler):
@@ -225,29 +203,23 @@ class Aggregator:
 
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
-                    self._answer(404, "not-found", "see /metrics")
-                elif not auth.allows(Access.READ, bearer(self.headers.get("Authorization"))):
-                    self._answer(401, "unauthorized", "/metrics needs a metrics token: send "
-                                 "Authorization: Bearer <token>")
-                elif not limiter.allow():
-                    self._answer(429, "too-many-scrapes", f"/metrics answers at most "
-                                 f"{SCRAPE_RATE:g} scrapes a second (after a burst)")
+                    self._answer(Refusal(404, "not-found", "see /metrics", {}))
+                elif (refusal := gate.refuse(self.headers.get("Authorization"))) is not None:
+                    self._answer(refusal)
                 else:
-                    body = workers.scrape()
-                    self._send(200, body, CONTENT_TYPE_LATEST)
+                    self._send(200, workers.scrape(), CONTENT_TYPE_LATEST)
 
-            def _answer(self, status: int, kind: str, detail: str) -> None:
-                body = orjson.dumps({"type": PROBLEM_TYPE_PREFIX + kind,
-                                     "title": HTTPStatus(status).phrase, "status": status,
-                                     "detail": detail})
-                self._send(status, body, "application/problem+json")
+            def _answer(self, refusal: Refusal) -> None:
+                body = problem_body(refusal.status, refusal.kind, refusal.detail)
+                self._send(refusal.status, body, PROBLEM_CONTENT_TYPE, refusal.headers)
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+            def _send(self, status: int, body: bytes, content_type: str,
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
-                if status == 429:
-                    self.send_header("Retry-After", "1")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
@@ -34,8 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from service.web.problems import from_http_exception, problem_response
-from service.web.wire import PROBLEM_TYPE_PREFIX
+from service.web.problems import from_http_exception, problem_body, problem_response
 
 log = logging.getLogger("process_status.connections")
 
@@ -86,8 +84,7 @@ class ConnectionCollector(Collector):
 
 
 def _raw_problem(status: int, reason: str, kind: str, detail: str) -> bytes:
-    body = orjson.dumps({"type": PROBLEM_TYPE_PREFIX + kind, "title": reason,
-                         "status": status, "detail": detail})
+    body = problem_body(status, kind, detail)
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/problem+json\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
             ).encode() + body

@@ -10,9 +10,7 @@ token bucket refilled at RENDER_SHARE of wall time up to RENDER_BURST seconds: P
 and people always get a fresh rendering, while past the budget a flood gets the last
 one again, so rendering never takes more than about a tenth of the loop. Sending the
 body costs too (~90 KB with 1,000 per-entity series), so scrapes themselves are also
-limited, to SCRAPE_RATE a second after a burst of SCRAPE_BURST; past that a scraper gets
-429 with Retry-After. Prometheus scrapes a target every few seconds at most; a person
-or a test polling ten times a second stays well inside.
+limited (web.scrape_gate, the same rule as the master's merged port).
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ from prometheus_client import (
 )
 
 from service import __version__
-from service.web.auth import Access, Authenticator, bearer
 from service.web.problems import problem_response
+from service.web.scrape_gate import ScrapeGate
 
 RENDER_SHARE = 0.1
 RENDER_BURST = 0.25
-SCRAPE_RATE = 20.0
-SCRAPE_BURST = 40.0
 METRICS_CONNECTIONS = 64
 """Connections the metrics port holds at once: Prometheus needs one or two."""
 
@@ -51,31 +47,22 @@ class Exposition:
         """`limited`: False for a worker's private socket, which only the master asks
         (and limits) on behalf of the scrapers."""
         self._registry = registry
-        self._limited = limited
-        self._auth = Authenticator((), tokens)
+        self._gate = ScrapeGate(tokens, limited)
         self._body = b""
         self._rendering: asyncio.Future[bytes] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1,
                                           thread_name_prefix="process-status-metrics")
         self._budget = RENDER_BURST
-        self._scrapes = SCRAPE_BURST
         self._checked = time.monotonic()
 
     async def metrics(self, request: web.Request) -> web.Response:
-        if not self._auth.allows(Access.READ, bearer(request.headers.get("Authorization"))):
-            return problem_response(
-                401, "unauthorized", "/metrics needs a metrics token: send Authorization: "
-                "Bearer <token> (set in Prometheus's scrape config as authorization.credentials)",
-                headers={"WWW-Authenticate": 'Bearer realm="process-status-metrics"'})
+        refusal = self._gate.refuse(request.headers.get("Authorization"))
+        if refusal is not None:
+            return problem_response(refusal.status, refusal.kind, refusal.detail,
+                                    headers=refusal.headers)
         now = time.monotonic()
         elapsed, self._checked = now - self._checked, now
         self._budget = min(RENDER_BURST, self._budget + elapsed * RENDER_SHARE)
-        self._scrapes = min(SCRAPE_BURST, self._scrapes + elapsed * SCRAPE_RATE)
-        if self._limited and self._scrapes < 1:
-            return problem_response(
-                429, "too-many-scrapes", f"/metrics answers at most {SCRAPE_RATE:g} scrapes a "
-                "second (after a burst): scrape less often", headers={"Retry-After": "1"})
-        self._scrapes -= 1
         if self._budget > 0 or not self._body:
             rendering = self._rendering
             if rendering is None or rendering.done():  # concurrent scrapes share one

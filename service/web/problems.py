@@ -55,16 +55,19 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> web.Response:
-    body = {
-        "type": PROBLEM_TYPE_PREFIX + kind,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-    response = web.Response(body=orjson.dumps(body), status=status, headers=headers)
+    response = web.Response(body=problem_body(status, kind, detail, title=title, **extra),
+                            status=status, headers=headers)
     response.content_type = CONTENT_TYPE
     return response
+
+
+def problem_body(status: int, kind: str, detail: str, *, title: str | None = None,
+                 **extra: Any) -> bytes:
+    """The RFC 9457 body every answer of the service's own uses (API, metrics ports, the
+    canned answers written straight to a socket)."""
+    return orjson.dumps({"type": PROBLEM_TYPE_PREFIX + kind,
+                         "title": title or HTTPStatus(status).phrase, "status": status,
+                         "detail": detail, **extra})
 
 
 def not_synced(reason: str) -> Problem:

@@ -97,6 +97,8 @@ def test_the_merged_metrics_port_keeps_its_token_and_its_limits(
         status, headers, _ = request("GET", server.metrics_url)
         assert status == 401
         assert headers["Content-Type"] == "application/problem+json"
+        # The same answer as a single worker's metrics site gives (one ScrapeGate).
+        assert headers["WWW-Authenticate"] == 'Bearer realm="process-status-metrics"'
         authorized = {"Authorization": f"Bearer {token}"}
         status, _, _ = request("GET", server.metrics_url, headers=authorized)
         assert status == 200
