@@ -19,12 +19,12 @@ from service import looplag
 from service.config import Settings
 from service.metrics import Metrics
 from service.storage.backend import Backend, StartFailed
+from service.storage.factory import create_backend
 from service.storage.files import Files
 from service.store import StatusStore
 from service.waiters import Waiters
 from service.web.auth import Authenticator
-from service.web.backends import create_backend
-from service.web.connections import ConnectionCollector, ConnectionStats, GuardedRunner, Limits
+from service.web.connections import ConnectionCollector, ConnectionStats, LimitedRunner, Limits
 from service.web.gate import GateView
 from service.web.metrics_site import (
     METRICS_CONNECTIONS,
@@ -130,7 +130,7 @@ async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
     # A worker's private socket (mode 0700 directory) is asked only by the master, which
     # checks the token and the scrape rate itself.
     public = unix is None
-    runner = GuardedRunner(
+    runner = LimitedRunner(
         create_metrics_app(app[metrics_key].registry,
                            settings.metrics_tokens if public else (), limited=public),
         site="metrics", limits=Limits(METRICS_CONNECTIONS, settings.header_timeout),

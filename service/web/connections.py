@@ -125,18 +125,18 @@ class _Refusal(asyncio.Protocol):
         return False
 
 
-class GuardedRequestHandler(web.RequestHandler):
+class LimitedRequestHandler(web.RequestHandler):
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         manager = self._manager
-        assert isinstance(manager, GuardedServer)
+        assert isinstance(manager, LimitedServer)
         manager.stats.open += 1
 
     def connection_lost(self, exc: BaseException | None) -> None:
         manager = self._manager
-        if isinstance(manager, GuardedServer):
+        if isinstance(manager, LimitedServer):
             manager.stats.open -= 1
         self._cancel_header_timer()
         super().connection_lost(exc)
@@ -151,7 +151,7 @@ class GuardedRequestHandler(web.RequestHandler):
             # task first runs): body bytes read after an early answer (aiohttp's lingering
             # read) are not a request.
             manager = self._manager
-            assert isinstance(manager, GuardedServer)
+            assert isinstance(manager, LimitedServer)
             self._header_timer = self._loop.call_later(
                 manager.limits.header_timeout, self._headers_too_slow)
 
@@ -174,7 +174,7 @@ class GuardedRequestHandler(web.RequestHandler):
         if self._messages or self._request_in_progress or self.transport is None:
             return  # a request is being handled: its body has a timeout of its own
         manager = self._manager
-        if isinstance(manager, GuardedServer):
+        if isinstance(manager, LimitedServer):
             manager.stats.count("header_timeout")
         self.transport.write(_HEADER_TIMEOUT)
         self.force_close()
@@ -192,7 +192,7 @@ class GuardedRequestHandler(web.RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         manager = self._manager
         parser = isinstance(exc, HttpProcessingError)
-        if parser and isinstance(manager, GuardedServer):
+        if parser and isinstance(manager, LimitedServer):
             manager.stats.count("bad_request")
         # The class name only: the exception's text can quote a header (a token).
         if parser:
@@ -219,7 +219,7 @@ class GuardedRequestHandler(web.RequestHandler):
                   else "error")
 
 
-class GuardedServer(web.Server):
+class LimitedServer(web.Server):
     def __init__(self, *args: Any, site: str, limits: Limits, stats: ConnectionStats,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -232,20 +232,20 @@ class GuardedServer(web.Server):
         if len(self._connections) >= self.limits.max_connections and not self._evict_idle():
             self.stats.count("limit")
             return _Refusal()
-        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+        return LimitedRequestHandler(self, loop=self._loop, **self._kwargs)
 
     def _evict_idle(self) -> bool:
         for scanned, handler in enumerate(self._connections):
             if scanned == _EVICTION_SCAN:
                 return False
-            if isinstance(handler, GuardedRequestHandler) and handler.idle:
+            if isinstance(handler, LimitedRequestHandler) and handler.idle:
                 handler.evict()
                 self.stats.count("evicted_idle")
                 return True
         return False
 
 
-class GuardedRunner(web.AppRunner):
+class LimitedRunner(web.AppRunner):
     """An AppRunner whose server enforces `limits` and counts into `stats`."""
 
     def __init__(self, app: web.Application, *, site: str, limits: Limits,
@@ -257,7 +257,7 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return GuardedServer(
+        return LimitedServer(
             plain.request_handler, request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation, loop=plain._loop,
             site=self._site_name, limits=self._limits, stats=self._stats, **plain._kwargs,

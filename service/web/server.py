@@ -37,7 +37,7 @@ from service.logs import logconfig_dict
 from service.redis_url import redacted
 from service.web.aggregator import Aggregator, private_directory, socket_path
 from service.web.app import connections_key, create_app
-from service.web.connections import GuardedRunner, Limits
+from service.web.connections import LimitedRunner, Limits
 
 WORKER_CLASS = "service.web.worker.Worker"
 log = logging.getLogger("process_status.server")
@@ -60,7 +60,7 @@ def make_factory(
         socket = None if metrics_dir is None else socket_path(metrics_dir, os.getpid())
         # A gunicorn worker: the master is who stops the service.
         app = create_app(settings, metrics_socket=socket, service_pid=os.getppid())
-        return GuardedRunner(
+        return LimitedRunner(
             app, site="api", limits=Limits(connection_limit(settings.max_connections),
                                            settings.header_timeout),
             stats=app[connections_key]["api"],

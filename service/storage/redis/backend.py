@@ -49,10 +49,12 @@ _REPAIR_CHUNK = 10_000
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisOptions:
+    """The flags' values come from Settings (their one default); the rest are internal."""
+
     target: Target = field(repr=False)
-    wait_replicas: int = 0
-    wait_timeout: float = 0.1
-    stream_maxlen: int = 100_000
+    wait_replicas: int
+    wait_timeout: float
+    stream_maxlen: int
     start_timeout: float = 10.0
     """How long start() waits for the first sync before it returns (not ready yet)."""
     apply_timeout: float = 0.5

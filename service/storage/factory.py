@@ -1,4 +1,7 @@
-"""create_backend(settings, ...) -> Backend: --backend local or redis, with its metrics."""
+"""create_backend(settings, ...) -> Backend: --backend local or redis, with its collector.
+
+Storage's own front door: the web layer asks for a Backend and knows nothing of which.
+"""
 
 from __future__ import annotations
 
