@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -69,22 +70,6 @@ RECORDED = 10**15  # every token the bench sends is at or below it: processed
 FRESH_SCRIPT = BENCH / "fresh_token.lua"
 REPEATED_SCRIPT = BENCH / "repeated_token.lua"
 
-NGINX_MAIN = """\
-{user}worker_processes 1;
-pid {work}/nginx.pid;
-error_log stderr error;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/client_body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    {body}
-}}
-"""
 READ_MODEL = 'server { listen 127.0.0.1:%d; location / { return 200 "read model\\n"; } }'
 
 
@@ -159,10 +144,12 @@ def _wait_listening(server: Server, path: str = "/") -> None:
 
 
 def _run_nginx(name: str, work: Path, body: str) -> Server:
-    work.mkdir(parents=True)
-    (work / "conf.d").mkdir()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(NGINX_MAIN.format(user=user, work=work, body=body))
+    (work / "conf.d").mkdir(parents=True)
+    (work / "conf.d" / f"{name}.conf").write_text(body)
+    main = (DEPLOY / "nginx" / "standalone.conf").read_text()
+    main = main.replace("${PREFIX}", str(work)).replace(
+        "${NGINX_USER}", pwd.getpwuid(os.geteuid()).pw_name)
+    (work / "nginx.conf").write_text(main)
     port = int(re.findall(r"listen 127\.0\.0\.1:(\d+)", body)[0])
     argv = [_nginx_binary(), "-e", "stderr", "-p", str(work), "-c", str(work / "nginx.conf")]
     server = _spawn(name, argv, work, port)

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -32,27 +33,17 @@ from process_status_postgres.scratch import ClusterError, ScratchCluster
 from examples.posts import schema
 
 ROOT = Path(__file__).resolve().parents[2]
-GATE_CONF = ROOT / "deploy" / "gateways" / "nginx" / "process-status-gate.conf"
-NGINX_MAIN = """\
-{user}worker_processes 1;
-pid {work}/nginx.pid;
-error_log stderr warn;
-daemon off;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/client_body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    include {work}/gate.conf;
-}}
-"""
-
-
+NGINX = ROOT / "deploy" / "gateways" / "nginx"
 class Stop(Exception):
     pass
+
+
+def render(template: Path, target: Path, **values: str) -> None:
+    """`envsubst` for exactly these names (nginx's own $variables stay)."""
+    text = template.read_text()
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    target.write_text(text)
 
 
 def free_port() -> int:
@@ -163,16 +154,13 @@ def run(port: int, work: Path, gate_wait: str) -> None:
              "--target-dsn", target, "--bind", f"127.0.0.1:{api_port}"],
             work / "api.log", env)))
         nginx_work = work / "nginx"
-        nginx_work.mkdir()
-        conf = GATE_CONF.read_text()
-        for name, value in (("LISTEN_ADDR", f"127.0.0.1:{port}"),
-                            ("GATE_ADDR", f"127.0.0.1:{status_port}"),
-                            ("UPSTREAM_ADDR", f"127.0.0.1:{api_port}")):
-            conf = conf.replace("${" + name + "}", value)
-        (nginx_work / "gate.conf").write_text(conf)
-        # As root, nginx's workers would switch to "nobody" and lose the 0700 directory.
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (nginx_work / "nginx.conf").write_text(NGINX_MAIN.format(user=user, work=nginx_work))
+        (nginx_work / "conf.d").mkdir(parents=True)
+        render(NGINX / "process-status-gate.conf", nginx_work / "conf.d" / "gate.conf",
+               LISTEN_ADDR=f"127.0.0.1:{port}", GATE_ADDR=f"127.0.0.1:{status_port}",
+               UPSTREAM_ADDR=f"127.0.0.1:{api_port}")
+        # The user: as root, root, or nginx's workers could not enter the 0700 directory.
+        render(NGINX / "standalone.conf", nginx_work / "nginx.conf", PREFIX=str(nginx_work),
+               NGINX_USER=pwd.getpwuid(os.geteuid()).pw_name)
         processes.append(stack.enter_context(started(
             [nginx_binary(), "-e", "stderr", "-p", str(nginx_work), "-c",
              str(nginx_work / "nginx.conf")], work / "nginx.log")))

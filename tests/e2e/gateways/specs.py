@@ -9,6 +9,7 @@ files hold ${PLACEHOLDERS} that are replaced here exactly as the documented
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -121,25 +122,10 @@ def _nginx_has_auth_request(binary: str) -> bool:
 
 NGINX_PLACEHOLDERS = ("LISTEN_ADDR", "GATE_ADDR", "UPSTREAM_ADDR")
 
-# Test scaffolding only: the main nginx.conf a distribution ships, reduced to what
-# lets nginx run unprivileged in a temporary directory. The gate logic is all in
-# the committed snippet it includes.
-NGINX_MAIN = """\
-{user}worker_processes 1;
-pid {work}/nginx.pid;
-error_log stderr warn;
-daemon off;
-events {{ worker_connections 128; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/client_body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    include {work}/conf.d/*.conf;
-}}
-"""
+def nginx_user() -> str:
+    """The user standalone.conf's workers run as: this one (root keeps them out of "nobody",
+    which could not enter the 0700 temporary directory)."""
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _nginx(snippet: str) -> Callable[[str, Addresses, Path, dict[str, str]], Launch]:
@@ -149,9 +135,8 @@ def _nginx(snippet: str) -> Callable[[str, Addresses, Path, dict[str, str]], Lau
         env = {**base_env, **addrs.env()}
         (work / "conf.d").mkdir()
         render(DEPLOY / "nginx" / snippet, work / "conf.d" / snippet, NGINX_PLACEHOLDERS, env)
-        # As root, workers would switch to "nobody" and lose access to the 0700 temp dir.
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (work / "nginx.conf").write_text(NGINX_MAIN.format(user=user, work=work))
+        render(DEPLOY / "nginx" / "standalone.conf", work / "nginx.conf",
+               ("PREFIX", "NGINX_USER"), {"PREFIX": str(work), "NGINX_USER": nginx_user()})
         # -p: the snippet's relative cache path lands in this test's directory.
         argv = [binary, "-e", "stderr", "-p", str(work), "-c", str(work / "nginx.conf")]
         return Launch(argv, env)
