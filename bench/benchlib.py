@@ -2,7 +2,8 @@
 
 Not a test helper: nothing here asserts. Every spawned process runs in its own
 session and is stopped by its PID (SIGTERM to the process, SIGKILL to its group
-if it does not exit).
+if it does not exit). Free ports and Redis processes come from the tests' harness
+(tests/servers.py, tests/redis_servers.py): one harness, imported by both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,25 +24,15 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if str(ROOT) not in sys.path:  # the tests' harness, below
+    sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port as free_port  # noqa: E402 -- re-exported
+
 BIN = Path(sys.executable).parent
 PROCESS_STATUS = BIN / "process-status"
 GUNICORN = BIN / "gunicorn"
 WORKER_CLASS = "aiohttp.GunicornUVLoopWebWorker"
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, never the same one twice in this run (the
-    kernel may hand a just-released port straight back)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 @dataclass

@@ -41,7 +41,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,7 @@ from benchlib import (
 
 from service.storage.redis import library
 from service.store import Advance
+from tests.redis_servers import RedisServer, start_redis
 
 PUT_SCRIPT = BENCH / "put.lua"
 READ_ENTITY = "bench-read"
@@ -82,57 +82,8 @@ LOAD_BATCH = 10_000
 # -- redis-server --------------------------------------------------------------------
 
 
-@dataclass
-class RedisProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=120)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-
-def start_redis(directory: Path, *args: str) -> RedisProcess:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed: apt-get install -y redis-server")
-    port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    log_path = directory / f"redis-{port}.log"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--dir", str(directory), "--logfile", str(log_path), *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    server = RedisProcess(port, process, log_path)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with server.client() as client:
-                client.ping()
-            return server
-        except redis.RedisError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"redis-server did not start: {log_path}") from None
-            time.sleep(0.02)
-
-
 @contextlib.contextmanager
-def stopping_all(things: list[Server | RedisProcess]) -> Iterator[list[Server | RedisProcess]]:
+def stopping_all(things: list[Server | RedisServer]) -> Iterator[list[Server | RedisServer]]:
     """Stops everything appended to the list, last started first."""
     try:
         yield things
@@ -219,15 +170,15 @@ class Throughput:
     """Average writes per FCALL, per Redis-backed server."""
 
 
-def throughput(work: Path, args: argparse.Namespace, things: list[Server | RedisProcess],
-               ) -> tuple[Throughput, RedisProcess, Server]:
+def throughput(work: Path, args: argparse.Namespace, things: list[Server | RedisServer],
+               ) -> tuple[Throughput, RedisServer, Server]:
     master = start_redis(work / "redis-master", "--appendonly", "yes",
                          "--appendfsync", "always")
     things.append(master)
     replica = start_redis(work / "redis-replica", "--appendonly", "no",
                           "--replicaof", "127.0.0.1", str(master.port))
     things.append(replica)
-    with master.client() as client:
+    with master.client(timeout=120) as client:
         deadline = time.monotonic() + 20
         while int(client.info("replication")["connected_slaves"]) < 1:
             if time.monotonic() > deadline:
@@ -236,9 +187,9 @@ def throughput(work: Path, args: argparse.Namespace, things: list[Server | Redis
     servers = {
         "local": serve_one("serve-local", work / "data-local", work, "--durability", "fsync"),
         "redis": serve_one("serve-redis", work / "data-redis", work, "--backend", "redis",
-                           "--redis-url", master.url(0)),
+                           "--redis-url", master.db_url(0)),
         "redis-wait": serve_one("serve-redis-wait", work / "data-redis-wait", work,
-                                "--backend", "redis", "--redis-url", master.url(1),
+                                "--backend", "redis", "--redis-url", master.db_url(1),
                                 "--redis-wait-replicas", "1", "--redis-wait-timeout", "100ms"),
     }
     things.extend(servers.values())
@@ -373,10 +324,10 @@ def percentile(values: list[float], fraction: float) -> float:
 # -- 3. start-up sync of many entities ---------------------------------------------------
 
 
-def load_entities(server: RedisProcess, count: int) -> float:
+def load_entities(server: RedisServer, count: int) -> float:
     """`count` entities through the library's apply function, pipelined; entity-writes/s."""
     started = time.perf_counter()
-    with server.client() as client:
+    with server.client(timeout=120) as client:
         client.function_load(library.SOURCE, replace=True)
         pipe = client.pipeline(transaction=False)
         queued = 0
@@ -406,14 +357,14 @@ class Startup:
     peak_kb: int
 
 
-def start_up(work: Path, server: RedisProcess, count: int, run: int) -> Startup:
+def start_up(work: Path, server: RedisServer, count: int, run: int) -> Startup:
     port, metrics_port = free_port(), free_port()
     log_path = work / f"serve-startup-{run}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PROCESS_STATUS_")}
     command = [str(benchlib.PROCESS_STATUS), "serve", "--bind", f"127.0.0.1:{port}",
                "--metrics-bind", f"127.0.0.1:{metrics_port}",
                "--data-dir", str(work / f"data-startup-{run}"), "--log-level", "info",
-               "--backend", "redis", "--redis-url", server.url(0),
+               "--backend", "redis", "--redis-url", server.db_url(0),
                "--max-entities", str(max(count, 1_000_000)), *PINNED]
     started = time.monotonic()
     with open(log_path, "wb") as log:
@@ -435,12 +386,12 @@ def start_up(work: Path, server: RedisProcess, count: int, run: int) -> Startup:
 # -- 4. reads with 2 workers -----------------------------------------------------------
 
 
-def workers(work: Path, master: RedisProcess, args: argparse.Namespace,
-            things: list[Server | RedisProcess]) -> dict[int, list[float]]:
+def workers(work: Path, master: RedisServer, args: argparse.Namespace,
+            things: list[Server | RedisServer]) -> dict[int, list[float]]:
     servers: dict[int, Server] = {}
     for count in (1, 2):
         servers[count] = start_service(f"serve-workers-{count}", work / f"data-w{count}", work,
-                                       "--backend", "redis", "--redis-url", master.url(2),
+                                       "--backend", "redis", "--redis-url", master.db_url(2),
                                        "--workers", str(count))
         things.append(servers[count])
     for count in (1, 2):
@@ -489,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 if thing is not master and thing is not replica_a:
                     thing.stop()
             replica_b = serve_one("serve-redis-b", work / "data-redis-b", work,
-                                  "--backend", "redis", "--redis-url", master.url(0))
+                                  "--backend", "redis", "--redis-url", master.db_url(0))
             things.append(replica_b)
             print(f"\n### Cross-replica wake-up ({args.samples} samples per run: long-poll "
                   "parked on B, PUT on A, PUT sent -> B answered)\n")
@@ -498,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             plain = start_redis(work / "redis-plain", "--appendonly", "no")
             things.append(plain)
             pair = [serve_one(f"serve-plain-{name}", work / f"data-plain-{name}", work,
-                              "--backend", "redis", "--redis-url", plain.url(0))
+                              "--backend", "redis", "--redis-url", plain.db_url(0))
                     for name in ("a", "b")]
             things.extend(pair)
             p99s += report_wake_ups("Redis without persistence", pair[0], pair[1], args)

@@ -42,12 +42,15 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def db_url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
     @property
     def log_path(self) -> Path:
         return self.directory / f"redis-{self.port}.log"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+    def client(self, timeout: float = 5) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=timeout)
 
     def start(self) -> RedisServer:
         assert self.process is None or self.process.poll() is not None
