@@ -72,6 +72,22 @@ def sentinel_setup(tmp_path: Path, replicas: int, *master_args: str) -> Iterator
                 redis_server.stop()
 
 
+@contextlib.contextmanager
+def writing(url: str, ledger: Ledger, prefix: str, count: int) -> Iterator[None]:
+    """`count` threads writing fresh entities (ledgered) until the block ends."""
+    stop = threading.Event()
+    writers = [threading.Thread(target=write_until, args=(url, ledger, stop, f"{prefix}{n}-"))
+               for n in range(count)]
+    for writer in writers:
+        writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(30)
+
+
 def entities(server: RedisServer) -> dict[str, int]:
     with server.client() as client:
         return {name.decode(): int(value.split(b" ")[0]) for name, value in
@@ -87,22 +103,12 @@ def test_failover_with_wait_loses_no_acknowledged_write(tmp_path: Path) -> None:
                              "100ms")
         try:
             ledger = Ledger()
-            stop = threading.Event()
-            writers = [threading.Thread(target=write_until, args=(server.url, ledger, stop,
-                                                                   f"w{index}-"))
-                       for index in range(4)]
-            for writer in writers:
-                writer.start()
-            try:
+            with writing(server.url, ledger, "w", 4):
                 until(lambda: ledger.acks >= 300, "acknowledged writes before the kill")
                 master.kill()
                 killed_at = ledger.acks
                 until(lambda: ledger.acks >= killed_at + 300, "writes to resume after the "
                       "failover", 60)
-            finally:
-                stop.set()
-                for writer in writers:
-                    writer.join(30)
             port = setup.master_port()
             assert port != master.port
             held = entities(next(r for r in setup.replicas if r.port == port))
@@ -129,13 +135,7 @@ def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
                              setup.url, "--workers", "1")
         try:
             ledger = Ledger()
-            stop = threading.Event()
-            writers = [threading.Thread(target=write_until, args=(server.url, ledger, stop,
-                                                                   f"d{index}-"))
-                       for index in range(2)]
-            for writer in writers:
-                writer.start()
-            try:
+            with writing(server.url, ledger, "d", 2):
                 until(lambda: ledger.acks >= 200, "acknowledged writes before the failover")
                 with setup.sentinels[0].client() as client:
                     client.execute_command("SENTINEL", "FAILOVER", MASTER)
@@ -143,10 +143,6 @@ def test_a_deposed_master_that_still_takes_writes_loses_no_acknowledged_write(
                       "Sentinel to name the promoted replica", 30)
                 at_switch = ledger.acks
                 until(lambda: ledger.acks >= at_switch + 300, "writes on the new master", 60)
-            finally:
-                stop.set()
-                for writer in writers:
-                    writer.join(30)
             with old.client() as client:  # still a master: the scenario held
                 assert client.info("replication")["role"] == "master"
             until(lambda: ledger.lost(entities(promoted)) == [],
