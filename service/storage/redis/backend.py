@@ -16,7 +16,7 @@ this replica will apply it). Before the first sync there is no copy to answer fr
 writes and every answer that would say "unknown" or "not yet" get 503 instead.
 
 When Redis is found to have lost positions this copy holds (see follower), they are
-written back (`_repair`), and `degraded` says so until they are.
+written back (`_write_back`), and `degraded` says so until they are.
 """
 
 from __future__ import annotations
