@@ -12,7 +12,7 @@ import argparse
 import enum
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from service import redis_url
@@ -57,61 +57,6 @@ class Address:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    bind: Address = Address("127.0.0.1", 8080)
-    metrics_bind: Address | None = Address("127.0.0.1", 9464)
-    data_dir: str = "./data"
-    durability: Durability = Durability.FSYNC
-    fsync_interval: float = 1.0
-    snapshot_interval: float = 10.0
-    journal_max_bytes: int = 64 * 1024 * 1024
-    write_tokens: tuple[str, ...] = field(default=(), repr=False)
-    read_tokens: tuple[str, ...] = field(default=(), repr=False)
-    allow_anonymous_writes: bool = False
-    allow_reset: bool = False
-    max_entities: int = 1_000_000
-    max_batch: int = 10_000
-    max_body_bytes: int = 4 * 1024 * 1024
-    entity_metrics_limit: int = 1000
-    max_wait: float = 30.0
-    max_waiters: int = 10_000
-    gate_wait: float = 0.1
-    retry_after: int = 1
-    token_header: str = POSITION_HEADER
-    gate_status: int = 425
-    gate_cache_seconds: int = 5
-    keep_alive: float = 75.0
-    header_timeout: float = 10.0
-    body_timeout: float = 10.0
-    max_connections: int = 10_000
-    backlog: int = 2048
-    metrics_tokens: tuple[str, ...] = field(default=(), repr=False)
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    workers: int = 0
-    """0: one with the local backend, one per available CPU with Redis (see web.server)."""
-    shutdown_timeout: float = 5.0
-    log_level: str = "info"
-    access_log: bool = False
-    backend: BackendKind = BackendKind.LOCAL
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: str | None = field(default=None, repr=False)
-    redis_wait_replicas: int = 0
-    redis_wait_timeout: float = 0.1
-    redis_stream_maxlen: int = 100_000
-
-    @property
-    def graceful_timeout(self) -> float:
-        """What gunicorn must allow the worker after SIGTERM before it SIGKILLs it.
-
-        aiohttp waits shutdown_timeout for handlers, cancels them and waits again,
-        then our cleanup writes the final snapshot (a million entities take about
-        a second here; the margin covers slow disks).
-        """
-        return 2 * self.shutdown_timeout + 1 + 30
 
 
 # -- parsers: each takes the raw string and returns the typed value or raises ValueError
@@ -232,9 +177,17 @@ class Option:
     help: str
     metavar: str = ""
     is_switch: bool = False
+    tokens_env: str | None = None
+    """A `*-tokens-file` flag: tokens come from the file and from ENV_PREFIX + this
+    (comma-separated), both at once."""
+    secret_env: str | None = None
+    """A secret's file flag: the secret comes from the file, or else ENV_PREFIX + this."""
+    setting: str = ""
+    """The Settings field it fills (the field it is declared on)."""
 
     @property
     def dest(self) -> str:
+        """The argparse destination (from the flag)."""
         return self.flag.removeprefix("--").replace("-", "_")
 
     @property
@@ -242,76 +195,188 @@ class Option:
         return ENV_PREFIX + self.dest.upper()
 
 
-OPTIONS = (
-    Option("--bind", _address, "API address HOST:PORT", "HOST:PORT"),
-    Option("--metrics-bind", _optional_address, "Prometheus /metrics address, or 'off'",
-           "HOST:PORT"),
-    Option("--data-dir", str, "directory for the snapshot and journal", "DIR"),
-    Option("--durability", lambda text: Durability(_choice(*Durability)(text)),
-           "fsync | batch | snapshot (docs/durability.md)", "MODE"),
-    Option("--fsync-interval", _positive_float, "batch mode: seconds between journal fsyncs",
-           "SECONDS"),
-    Option("--snapshot-interval", _positive_float, "seconds between snapshots (when changed)",
-           "SECONDS"),
-    Option("--journal-max-bytes", _positive_int, "snapshot early once the journal passes this",
-           "BYTES"),
-    Option("--write-tokens-file", str, "file with one write token per line", "FILE"),
-    Option("--read-tokens-file", str, "file with one read token per line (makes reads need a "
-           "token)", "FILE"),
-    Option("--allow-anonymous-writes", _bool, "allow writes without a token on a non-loopback "
-           "address", is_switch=True),
-    Option("--allow-reset", _bool, "enable DELETE /status (wipes everything; for tests)",
-           is_switch=True),
-    Option("--max-entities", _positive_int, "entities the store may hold", "N"),
-    Option("--max-batch", _positive_int, "entries one POST /status may carry", "N"),
-    Option("--max-body-bytes", _positive_int, "largest request body accepted", "BYTES"),
-    Option("--entity-metrics-limit", _non_negative_int, "entities exported as per-entity "
-           "metrics", "N"),
-    Option("--max-wait", _non_negative_float, "longest ?wait= a client may ask for", "SECONDS"),
-    Option("--max-waiters", _positive_int, "requests that may wait at once (long-polls and the "
-           "gate)", "N"),
-    Option("--gate-wait", _non_negative_float, "how long the gate waits before answering 425",
-           "SECONDS"),
-    Option("--retry-after", _non_negative_int, "Retry-After seconds on a gate 425", "SECONDS"),
-    Option("--token-header", _header_name, "header carrying entity/ts tokens", "NAME"),
-    Option("--gate-status", _gate_status, "status when not processed: 425 or 503", "STATUS"),
-    Option("--gate-cache-seconds", _non_negative_int, "max-age of the gate's 200 (a processed "
-           "position stays processed); 0 = no-store", "SECONDS"),
-    Option("--keep-alive", _positive_float, "idle keep-alive seconds (raise behind a pooling "
-           "proxy)", "SECONDS"),
-    Option("--header-timeout", _positive_float, "seconds a request's headers may take to "
-           "arrive (then 408)", "SECONDS"),
-    Option("--body-timeout", _positive_float, "seconds a request body may take to arrive "
-           "(then 408)", "SECONDS"),
-    Option("--max-connections", _positive_int, "open API connections; at the limit the oldest "
-           "idle one is closed, else the new one gets 503", "N"),
-    Option("--backlog", _positive_int, "listen backlog of the API socket", "N"),
-    Option("--tls-cert", _readable_file, "PEM certificate (chain) to serve the API over HTTPS",
-           "FILE"),
-    Option("--tls-key", _readable_file, "PEM private key of --tls-cert", "FILE"),
-    Option("--metrics-tokens-file", str, "file with one token per line that /metrics then "
-           "requires", "FILE"),
-    Option("--workers", _non_negative_int, "worker processes, each a full replica (redis "
-           "backend only; 0: one per available CPU with redis, 1 with local)", "N"),
-    Option("--shutdown-timeout", _positive_float, "seconds in-flight requests get on SIGTERM",
-           "SECONDS"),
-    Option("--log-level", _choice(*LOG_LEVELS), " | ".join(LOG_LEVELS), "LEVEL"),
-    Option("--access-log", _bool, "log every request (costs over half the throughput)",
-           is_switch=True),
-    Option("--backend", lambda text: BackendKind(_choice(*BackendKind)(text)),
-           "local | redis (docs/scale-out.md)", "KIND"),
-    Option("--redis-url", _redis_url, "redis://, rediss:// or redis+sentinel://H:P,H:P/MASTER",
-           "URL"),
-    Option("--redis-password-file", str, "file holding the Redis password (also "
-           f"{ENV_PREFIX}REDIS_PASSWORD)", "FILE"),
-    Option("--redis-wait-replicas", _non_negative_int, "acknowledge a write only once this many "
-           "Redis replicas have it (WAIT)", "N"),
-    Option("--redis-wait-timeout", _duration, "how long WAIT may take: seconds, or 100ms",
-           "DURATION"),
-    Option("--redis-stream-maxlen", _positive_int, "stream entries Redis keeps (MAXLEN ~); a "
-           "replica further behind resyncs", "N"),
-)
+def _setting(default: Any, flag: str, parse: Callable[[str], Any], help: str,
+             metavar: str = "", *, is_switch: bool = False, tokens_env: str | None = None,
+             secret_env: str | None = None) -> Any:
+    """A Settings field and its Option in one declaration; tokens and secrets stay out of
+    the repr (logs, tracebacks, debuggers)."""
+    secret = tokens_env is not None or secret_env is not None
+    return field(default=default, repr=not secret, metadata={"option": Option(
+        flag, parse, help, metavar, is_switch, tokens_env, secret_env)})
 
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, declared once: its default, then its flag (and so its env var), how the
+    flag's text is parsed, its help and metavar."""
+
+    bind: Address = _setting(
+        Address("127.0.0.1", 8080),
+        "--bind", _address, "API address HOST:PORT", "HOST:PORT")
+    metrics_bind: Address | None = _setting(
+        Address("127.0.0.1", 9464),
+        "--metrics-bind", _optional_address, "Prometheus /metrics address, or 'off'",
+        "HOST:PORT")
+    data_dir: str = _setting(
+        "./data",
+        "--data-dir", str, "directory for the snapshot and journal", "DIR")
+    durability: Durability = _setting(
+        Durability.FSYNC,
+        "--durability", lambda text: Durability(_choice(*Durability)(text)),
+        "fsync | batch | snapshot (docs/durability.md)", "MODE")
+    fsync_interval: float = _setting(
+        1.0,
+        "--fsync-interval", _positive_float, "batch mode: seconds between journal fsyncs",
+        "SECONDS")
+    snapshot_interval: float = _setting(
+        10.0,
+        "--snapshot-interval", _positive_float, "seconds between snapshots (when changed)",
+        "SECONDS")
+    journal_max_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "--journal-max-bytes", _positive_int, "snapshot early once the journal passes this",
+        "BYTES")
+    write_tokens: tuple[str, ...] = _setting(
+        (),
+        "--write-tokens-file", str, "file with one write token per line", "FILE",
+        tokens_env="WRITE_TOKENS")
+    read_tokens: tuple[str, ...] = _setting(
+        (),
+        "--read-tokens-file", str, "file with one read token per line (makes reads need a "
+        "token)", "FILE",
+        tokens_env="READ_TOKENS")
+    allow_anonymous_writes: bool = _setting(
+        False,
+        "--allow-anonymous-writes", _bool, "allow writes without a token on a non-loopback "
+        "address", is_switch=True)
+    allow_reset: bool = _setting(
+        False,
+        "--allow-reset", _bool, "enable DELETE /status (wipes everything; for tests)",
+        is_switch=True)
+    max_entities: int = _setting(
+        1_000_000,
+        "--max-entities", _positive_int, "entities the store may hold", "N")
+    max_batch: int = _setting(
+        10_000,
+        "--max-batch", _positive_int, "entries one POST /status may carry", "N")
+    max_body_bytes: int = _setting(
+        4 * 1024 * 1024,
+        "--max-body-bytes", _positive_int, "largest request body accepted", "BYTES")
+    entity_metrics_limit: int = _setting(
+        1000,
+        "--entity-metrics-limit", _non_negative_int, "entities exported as per-entity "
+        "metrics", "N")
+    max_wait: float = _setting(
+        30.0,
+        "--max-wait", _non_negative_float, "longest ?wait= a client may ask for", "SECONDS")
+    max_waiters: int = _setting(
+        10_000,
+        "--max-waiters", _positive_int, "requests that may wait at once (long-polls and the "
+        "gate)", "N")
+    gate_wait: float = _setting(
+        0.1,
+        "--gate-wait", _non_negative_float, "how long the gate waits before answering 425",
+        "SECONDS")
+    retry_after: int = _setting(
+        1,
+        "--retry-after", _non_negative_int, "Retry-After seconds on a gate 425", "SECONDS")
+    token_header: str = _setting(
+        POSITION_HEADER,
+        "--token-header", _header_name, "header carrying entity/ts tokens", "NAME")
+    gate_status: int = _setting(
+        425,
+        "--gate-status", _gate_status, "status when not processed: 425 or 503", "STATUS")
+    gate_cache_seconds: int = _setting(
+        5,
+        "--gate-cache-seconds", _non_negative_int, "max-age of the gate's 200 (a processed "
+        "position stays processed); 0 = no-store", "SECONDS")
+    keep_alive: float = _setting(
+        75.0,
+        "--keep-alive", _positive_float, "idle keep-alive seconds (raise behind a pooling "
+        "proxy)", "SECONDS")
+    header_timeout: float = _setting(
+        10.0,
+        "--header-timeout", _positive_float, "seconds a request's headers may take to "
+        "arrive (then 408)", "SECONDS")
+    body_timeout: float = _setting(
+        10.0,
+        "--body-timeout", _positive_float, "seconds a request body may take to arrive "
+        "(then 408)", "SECONDS")
+    max_connections: int = _setting(
+        10_000,
+        "--max-connections", _positive_int, "open API connections; at the limit the oldest "
+        "idle one is closed, else the new one gets 503", "N")
+    backlog: int = _setting(
+        2048,
+        "--backlog", _positive_int, "listen backlog of the API socket", "N")
+    tls_cert: str | None = _setting(
+        None,
+        "--tls-cert", _readable_file, "PEM certificate (chain) to serve the API over HTTPS",
+        "FILE")
+    tls_key: str | None = _setting(
+        None,
+        "--tls-key", _readable_file, "PEM private key of --tls-cert", "FILE")
+    metrics_tokens: tuple[str, ...] = _setting(
+        (),
+        "--metrics-tokens-file", str, "file with one token per line that /metrics then "
+        "requires", "FILE",
+        tokens_env="METRICS_TOKENS")
+    workers: int = _setting(
+        0,
+        "--workers", _non_negative_int, "worker processes, each a full replica (redis "
+        "backend only; 0: one per available CPU with redis, 1 with local)", "N")
+    """0: one with the local backend, one per available CPU with Redis (see web.server)."""
+    shutdown_timeout: float = _setting(
+        5.0,
+        "--shutdown-timeout", _positive_float, "seconds in-flight requests get on SIGTERM",
+        "SECONDS")
+    log_level: str = _setting(
+        "info",
+        "--log-level", _choice(*LOG_LEVELS), " | ".join(LOG_LEVELS), "LEVEL")
+    access_log: bool = _setting(
+        False,
+        "--access-log", _bool, "log every request (costs over half the throughput)",
+        is_switch=True)
+    backend: BackendKind = _setting(
+        BackendKind.LOCAL,
+        "--backend", lambda text: BackendKind(_choice(*BackendKind)(text)),
+        "local | redis (docs/scale-out.md)", "KIND")
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0",
+        "--redis-url", _redis_url, "redis://, rediss:// or redis+sentinel://H:P,H:P/MASTER",
+        "URL")
+    redis_password: str | None = _setting(
+        None,
+        "--redis-password-file", str, "file holding the Redis password (also "
+        f"{ENV_PREFIX}REDIS_PASSWORD)", "FILE",
+        secret_env="REDIS_PASSWORD")
+    redis_wait_replicas: int = _setting(
+        0,
+        "--redis-wait-replicas", _non_negative_int, "acknowledge a write only once this many "
+        "Redis replicas have it (WAIT)", "N")
+    redis_wait_timeout: float = _setting(
+        0.1,
+        "--redis-wait-timeout", _duration, "how long WAIT may take: seconds, or 100ms",
+        "DURATION")
+    redis_stream_maxlen: int = _setting(
+        100_000,
+        "--redis-stream-maxlen", _positive_int, "stream entries Redis keeps (MAXLEN ~); a "
+        "replica further behind resyncs", "N")
+
+    @property
+    def graceful_timeout(self) -> float:
+        """What gunicorn must allow the worker after SIGTERM before it SIGKILLs it.
+
+        aiohttp waits shutdown_timeout for handlers, cancels them and waits again,
+        then our cleanup writes the final snapshot (a million entities take about
+        a second here; the margin covers slow disks).
+        """
+        return 2 * self.shutdown_timeout + 1 + 30
+
+
+OPTIONS: tuple[Option, ...] = tuple(replace(item.metadata["option"], setting=item.name)
+                                     for item in fields(Settings))
+"""Every flag, in the order of the Settings fields (and so of `--help`)."""
 DEFAULTS = Settings()
 
 
@@ -322,7 +387,7 @@ def option(flag: str) -> Option:
 
 def shown_default(option: Option) -> str:
     """The default as `--help` and docs/configuration.md show it."""
-    default = getattr(DEFAULTS, option.dest, None)
+    default = getattr(DEFAULTS, option.setting)
     # `is`, not `in`: 0 == False, and a 0 default (--workers) is a number, not "off".
     if default is False:
         return "off"
@@ -347,24 +412,20 @@ def from_sources(args: argparse.Namespace, environ: Mapping[str, str]) -> Settin
         source = option.flag
         if raw is None and option.env in environ:
             raw, source = environ[option.env], option.env
-        if raw is None:
-            continue
-        try:
-            values[option.dest] = option.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(
-                f"{source}={raw!r} is invalid: {exc} (flag {option.flag}, env {option.env})"
-            ) from None
-    write_file = values.pop("write_tokens_file", None)
-    read_file = values.pop("read_tokens_file", None)
-    values["write_tokens"] = _tokens(environ, "WRITE_TOKENS", write_file, "--write-tokens-file")
-    values["read_tokens"] = _tokens(environ, "READ_TOKENS", read_file, "--read-tokens-file")
-    values["metrics_tokens"] = _tokens(environ, "METRICS_TOKENS",
-                                       values.pop("metrics_tokens_file", None),
-                                       "--metrics-tokens-file")
-    values["redis_password"] = _secret(environ, "REDIS_PASSWORD",
-                                       values.pop("redis_password_file", None),
-                                       "--redis-password-file")
+        parsed = None
+        if raw is not None:
+            try:
+                parsed = option.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{source}={raw!r} is invalid: {exc} (flag {option.flag}, env {option.env})"
+                ) from None
+        if option.tokens_env is not None:
+            values[option.setting] = _tokens(environ, option.tokens_env, parsed, option.flag)
+        elif option.secret_env is not None:
+            values[option.setting] = _secret(environ, option.secret_env, parsed, option.flag)
+        elif raw is not None:
+            values[option.setting] = parsed
     settings = Settings(**values)
     _check(settings)
     return settings
