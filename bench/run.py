@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py                   # everything (~2.5 min)
     .venv/bin/python bench/run.py --only baseline,processed --duration 5 --rounds 1
 
-Starts a bare aiohttp hello-world under gunicorn with the service's worker class
+Starts a bare aiohttp hello-world under gunicorn with aiohttp's uvloop worker
 (bench/baseline_app.py) and `process-status serve` in the durability modes the
 chosen scenarios need, each on free loopback ports with a temp data dir, then
 drives each with wrk (-t1 -c64 by default, --latency). Scenarios run round-robin
