@@ -121,7 +121,7 @@ class EntityCollector(Collector):
             labels=["entity"],
         )
         if self._limit:
-            # first(), not page(): the exposition is rendered on a thread (web.metrics_site).
+            # first(), not page(): the exposition is rendered on a thread (exposition.metrics_site).
             for name, (timestamp, _updated) in self._store.first(self._limit):
                 family.add_metric([name], float(timestamp))
         yield family

@@ -13,7 +13,7 @@ import process_status_client
 import yaml
 from process_status_client import wire as client_wire
 
-from service.web import wire as server_wire
+from service.http import wire as server_wire
 from tests.servers import ROOT
 
 SPEC: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())

@@ -1,1 +1,1 @@
-"""The HTTP layer: the aiohttp app, its routes and views, the metrics site, the runner."""
+"""The HTTP server process: the app's composition, gunicorn's arbiter and worker, connections."""

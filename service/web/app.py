@@ -16,24 +16,24 @@ from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 
 from service import looplag
+from service.api.gate import GateView
+from service.api.probes import ProbeViews
+from service.api.routes import setup_routes
+from service.api.status_views import StatusViews
 from service.config import Settings
+from service.exposition.metrics_site import (
+    METRICS_CONNECTIONS,
+    create_metrics_app,
+    register_identity,
+)
+from service.http.auth import Authenticator
 from service.metrics import Metrics
 from service.storage.backend import Backend, StartFailed
 from service.storage.factory import create_backend
 from service.storage.files import Files
 from service.store import StatusStore
 from service.waiters import Waiters
-from service.web.auth import Authenticator
 from service.web.connections import ConnectionCollector, ConnectionStats, LimitedRunner, Limits
-from service.web.gate import GateView
-from service.web.metrics_site import (
-    METRICS_CONNECTIONS,
-    create_metrics_app,
-    register_identity,
-)
-from service.web.probes import ProbeViews
-from service.web.routes import setup_routes
-from service.web.status_views import StatusViews
 
 log = logging.getLogger("process_status.app")
 
@@ -57,7 +57,7 @@ def create_app(
     metrics_socket: Path | None = None,
     service_pid: int | None = None,
 ) -> web.Application:
-    """`metrics_socket`: serve /metrics there (a worker of many, see web.aggregator) instead
+    """`metrics_socket`: serve /metrics there (a worker of many, see exposition.aggregator) instead
     of on --metrics-bind. `service_pid`: the process that stops the service (gunicorn's
     master), when it is not this one."""
     # `*_created` series double the scrape and nobody graphs them (process-wide switch).
@@ -79,7 +79,7 @@ def create_app(
     register_identity(metrics.registry)
     connections = {"api": ConnectionStats(), "metrics": ConnectionStats()}
     metrics.registry.register(ConnectionCollector(connections))
-    # No middlewares: see service.web.guard for why each route is wrapped instead.
+    # No middlewares: see service.api.guard for why each route is wrapped instead.
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[store_key] = store

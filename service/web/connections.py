@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from service.web.problems import from_http_exception, problem_body, problem_response
+from service.http.problems import from_http_exception, problem_body, problem_response
 
 log = logging.getLogger("process_status.connections")
 

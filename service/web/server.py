@@ -8,7 +8,7 @@
 With the local backend there is exactly one worker (it holds the state; the data-dir
 lock makes a second one fail to boot, and gunicorn then stops). With the Redis backend
 every worker is a full replica and `--workers` sets how many; the master then serves
-the metrics port for all of them (web.aggregator).
+the metrics port for all of them (exposition.aggregator).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from gunicorn.arbiter import Arbiter
 
 from service import __version__
 from service.config import BackendKind, Settings, from_sources, option
+from service.exposition.aggregator import Aggregator, private_directory, socket_path
 from service.logs import logconfig_dict
 from service.redis_url import redacted
-from service.web.aggregator import Aggregator, private_directory, socket_path
 from service.web.app import connections_key, create_app
 from service.web.connections import LimitedRunner, Limits
 
@@ -50,7 +50,7 @@ FD_RESERVE = 256
 def make_factory(
     settings: Settings, metrics_dir: Path | None = None,
 ) -> Callable[[], Awaitable[web.AppRunner]]:
-    """`metrics_dir`: with several workers, where each serves its metrics (web.aggregator)."""
+    """`metrics_dir`: where each of several workers serves its metrics (exposition.aggregator)."""
 
     async def factory() -> web.AppRunner:
         # Our own runner, so shutdown_timeout is ours (gunicorn's default would be 95% of

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from service.web.aggregator import fetch, socket_path
+from service.exposition.aggregator import fetch, socket_path
 from tests.redis_servers import RedisServer
 from tests.servers import EXECUTABLE, ServeProcess, put, request, serving
 

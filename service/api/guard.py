@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from service.http.auth import Access, Authenticator, bearer
+from service.http.problems import Problem, from_http_exception, problem_response
+from service.http.wire import GATE_TOKEN_HEADER
 from service.metrics import Metrics
-from service.web.auth import Access, Authenticator, bearer
-from service.web.problems import Problem, from_http_exception, problem_response
-from service.web.wire import GATE_TOKEN_HEADER
 
 log = logging.getLogger("process_status.guard")
 

@@ -10,16 +10,16 @@ import time
 
 from aiohttp import web
 
+from service.api.bodies import BodyReader, Pairs
 from service.config import Settings
+from service.http.problems import Problem, not_synced
+from service.http.responses import json_response
 from service.metrics import Metrics
 from service.positions import PositionError, check_entity, format_token, parse_timestamp
 from service.storage.backend import Backend, WriteFailed
 from service.store import Advance, CapacityError, Delete, Outcome, Reset, StatusStore
 from service.timefmt import rfc3339
 from service.waiters import Waiters, WaitersFull
-from service.web.bodies import BodyReader, Pairs
-from service.web.problems import Problem, not_synced
-from service.web.responses import json_response
 
 _NOT_CACHED = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 

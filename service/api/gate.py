@@ -19,13 +19,13 @@ import time
 from aiohttp import web
 
 from service.config import Settings
+from service.http.problems import Problem, not_synced
+from service.http.wire import GATE_TOKEN_HEADER
 from service.metrics import Metrics
 from service.positions import PositionError, parse_token_header
 from service.storage.backend import Backend
 from service.store import StatusStore
 from service.waiters import Waiters, WaitersFull
-from service.web.problems import Problem, not_synced
-from service.web.wire import GATE_TOKEN_HEADER
 
 _NO_STORE = "no-store"
 

@@ -6,12 +6,12 @@ from typing import NamedTuple
 
 from aiohttp import web
 
+from service.api.gate import GateView
+from service.api.guard import View, expect_handler, fallback, guarded
+from service.api.probes import ProbeViews
+from service.api.status_views import StatusViews
+from service.http.auth import Access, Authenticator
 from service.metrics import Metrics
-from service.web.auth import Access, Authenticator
-from service.web.gate import GateView
-from service.web.guard import View, expect_handler, fallback, guarded
-from service.web.probes import ProbeViews
-from service.web.status_views import StatusViews
 
 
 class Route(NamedTuple):

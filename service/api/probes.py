@@ -6,9 +6,9 @@ from importlib import resources
 
 from aiohttp import web
 
+from service.http.problems import Problem
+from service.http.responses import json_response
 from service.storage.backend import Backend
-from service.web.problems import Problem
-from service.web.responses import json_response
 
 
 class ProbeViews:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.web.wire import POSITION_HEADER
+from service.http.wire import POSITION_HEADER
 
 _JSON = {"Content-Type": "application/json"}
 

@@ -10,7 +10,7 @@ token bucket refilled at RENDER_SHARE of wall time up to RENDER_BURST seconds: P
 and people always get a fresh rendering, while past the budget a flood gets the last
 one again, so rendering never takes more than about a tenth of the loop. Sending the
 body costs too (~90 KB with 1,000 per-entity series), so scrapes themselves are also
-limited (web.scrape_gate, the same rule as the master's merged port).
+limited (exposition.scrape_gate, the same rule as the master's merged port).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from prometheus_client import (
 )
 
 from service import __version__
-from service.web.problems import problem_response
-from service.web.scrape_gate import ScrapeGate
+from service.exposition.scrape_gate import ScrapeGate
+from service.http.problems import problem_response
 
 RENDER_SHARE = 0.1
 RENDER_BURST = 0.25

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.web.problems import Problem
+from service.http.problems import Problem
 
 
 class Pairs(list[tuple[str, Any]]):

@@ -30,10 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from service.config import Address
-from service.web.metrics_site import METRICS_CONNECTIONS
-from service.web.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
-from service.web.problems import problem_body
-from service.web.scrape_gate import Refusal, ScrapeGate
+from service.exposition.metrics_site import METRICS_CONNECTIONS
+from service.exposition.scrape_gate import Refusal, ScrapeGate
+from service.http.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from service.http.problems import problem_body
 
 log = logging.getLogger("process_status.metrics")
 

@@ -1,7 +1,7 @@
 """ScrapeGate: who may scrape /metrics, and how often, in one place.
 
-The same rule for a worker's metrics site (web.metrics_site, on the event loop) and for
-the replica's merged metrics port (web.aggregator, on the master's threads): the token
+The same rule for a worker's metrics site (exposition.metrics_site, on the event loop) and for
+the replica's merged metrics port (exposition.aggregator, on the master's threads): the token
 when --metrics-tokens-file sets any (401 with WWW-Authenticate without it), and
 SCRAPE_RATE scrapes a second after a burst of SCRAPE_BURST (429 with Retry-After past
 it). Prometheus scrapes a target every few seconds at most; a person or a test polling
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from service.web.auth import Access, Authenticator, bearer
+from service.http.auth import Access, Authenticator, bearer
 
 SCRAPE_RATE = 20.0
 SCRAPE_BURST = 40.0

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.web.wire import PROBLEM_TYPE_PREFIX
+from service.http.wire import PROBLEM_TYPE_PREFIX
 
 CONTENT_TYPE = "application/problem+json"
 

@@ -1,0 +1,1 @@
+"""The contract's handlers: the route table, the guard around every view, the views."""

@@ -1,0 +1,1 @@
+"""The metrics sites: a worker's /metrics, the master's merge over workers, their limits."""
