@@ -9,7 +9,7 @@ exported), then, in alternating rounds, drives `GET /status/{e}/processed` with 
 `/healthz` back to back (the baseline: any flood costs the loop and, on this 2-core
 machine, the flooding client's CPU), and while the same process scrapes /metrics
 instead. "scrape flood / healthz flood" near 1 means a scrape costs the API no more
-than an ordinary request. Before the scrape limits (service/web/metrics_site.py), 8
+than an ordinary request. Before the scrape limits (service/exposition/metrics_site.py), 8
 scrapers took the API's p50 from 1 ms to 96 ms.
 """
 
