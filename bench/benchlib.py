@@ -144,6 +144,33 @@ def start_baseline(log_dir: Path) -> Server:
     return server
 
 
+def start_etcd(etcd: str, data_dir: Path, log_dir: Path, ready_timeout: float = 30.0) -> Server:
+    """One etcd member on free loopback ports (client and peer) with its own data dir.
+
+    Its defaults are kept (WAL fsync on every commit, linearizable reads): what an
+    operator gets from the package. Ready once `/health` answers 200.
+    """
+    port, peer_port = free_port(), free_port()
+    client_url, peer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
+    command = [
+        etcd, "--name", "bench",
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"bench={peer_url}",
+        "--logger", "zap", "--log-level", "warn",
+    ]
+    server = _spawn("etcd", command, log_dir, port)
+    try:
+        server.wait_ready("/health", ready_timeout)
+    except BaseException:
+        server.stop(5)
+        raise
+    return server
+
+
 @contextlib.contextmanager
 def stopping(servers: list[Server]) -> Iterator[list[Server]]:
     try:
@@ -172,6 +199,14 @@ def child_pids(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
             found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def tree_pids(pid: int) -> list[int]:
+    """The process and its descendants (gunicorn: the master and its workers)."""
+    found = [pid]
+    for child in child_pids(pid):
+        found += tree_pids(child)
     return found
 
 
