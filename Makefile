@@ -34,8 +34,9 @@ unit: $(STAMP)
 test: lint unit
 
 bench: $(STAMP)
-	@command -v wrk >/dev/null || { echo 'make bench needs wrk: apt-get install -y wrk'; exit 1; }
+	@command -v wrk >/dev/null || { echo 'make bench needs wrk: apt-get install -y wrk (and etcd-server for bench/peers.py, which skips without it)'; exit 1; }
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/waiters.py
 	$(BIN)/python bench/scrapes.py
 	$(BIN)/python bench/restore.py
