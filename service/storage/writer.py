@@ -8,6 +8,13 @@
 
 Journal I/O runs on one dedicated thread, so journal operations stay in order and
 the event loop never blocks on the disk. The store is only touched on the loop.
+
+The I/O thread takes each batch itself: the moment an fsync returns it hands the
+batch's completion to the loop (one `call_soon_threadsafe`) and starts writing
+whatever queued meanwhile, without waiting for the loop to notice. Under load the
+loop is busy parsing requests, and a loop round trip per batch kept the disk idle
+for most of each batch's time (2.6-3 ms per batch against a 0.6 ms fdatasync).
+
 A failed write or fsync rejects its batch (503, nothing applied) and makes every
 later write fail fast until a background probe syncs a fresh segment again.
 """
@@ -17,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from service.storage import records
@@ -44,6 +52,34 @@ class _Pending:
     reserved: int
 
 
+@dataclass(slots=True)
+class _Job:
+    """A journal operation other than a batch (rotate, probe, sync...), run in order."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Queue:
+    """What the I/O thread takes work from; every field is guarded by `ready`."""
+
+    ready: threading.Condition = field(default_factory=lambda: threading.Condition(
+        threading.Lock()))
+    batch: list[_Pending] = field(default_factory=list)
+    jobs: deque[_Job] = field(default_factory=deque)
+    holds: int = 0
+    """While above 0 no batch is taken: a snapshot holds the journal still, or a
+    durable write failed and the loop has not yet rejected what queued behind it."""
+    idle: bool = False
+    closed: bool = False
+
+    def notify(self) -> None:
+        if self.idle:
+            self.ready.notify()
+
+
 class JournalWriter:
     def __init__(
         self,
@@ -64,12 +100,16 @@ class JournalWriter:
         self._fsync_interval = fsync_interval
         self._max_bytes = max_bytes
         self._snapshot_needed = snapshot_needed
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="process-status-io")
+        self._queue = _Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, name="process-status-io",
+                                         daemon=True)
         self._lock = asyncio.Lock()
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_lsn = last_lsn + 1
+        self._done_lsn = last_lsn
+        """Every record up to here is written, or was rejected."""
+        self._drained: list[tuple[int, asyncio.Future[None]]] = []
         self.applied_lsn = last_lsn
         self.failure: str | None = None
         """Why writes are refused (a journal fault), None while they are accepted."""
@@ -77,29 +117,41 @@ class JournalWriter:
 
     @property
     def queued(self) -> int:
-        """Writes waiting for the next batch (not yet handed to the I/O thread)."""
-        return len(self._pending)
+        """Writes waiting for the next batch (not yet taken by the I/O thread)."""
+        return len(self._queue.batch)
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
         if not self._durable:
             self._tasks.append(asyncio.create_task(self._sync_periodically()))
 
     async def drain(self) -> None:
-        """Stop background work and let the batch in flight finish."""
+        """Stop background work and wait until every write submitted so far is written."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
+        target = self._next_lsn - 1
+        if self._done_lsn < target and self._thread.is_alive():
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drained.append((target, future))
+            await future
 
     async def close(self) -> None:
         async with self._lock:
             with contextlib.suppress(OSError):
-                await self._run_io(self._journal.close)
-        self._io.shutdown(wait=True)
+                if self._thread.is_alive():
+                    await self._run_io(self._journal.close)
+                else:
+                    self._journal.close()  # never started
+        queue = self._queue
+        with queue.ready:
+            queue.closed = True
+            queue.ready.notify()
+        if self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
     # -- writes ----------------------------------------------------------------
 
@@ -112,63 +164,115 @@ class JournalWriter:
         lsn = self._next_lsn
         self._next_lsn += 1
         frame = records.encode(lsn, moment, mutation)
+        queue = self._queue
         if not self._durable:
-            self._pending.append(_Pending(lsn, mutation, moment, frame, None, 0))
-            self._kick()
+            with queue.ready:
+                queue.batch.append(_Pending(lsn, mutation, moment, frame, None, 0))
+                queue.notify()
             result = self._apply(mutation, moment, reserved)
             self.applied_lsn = lsn
             return result
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(lsn, mutation, moment, frame, future, reserved))
-        self._kick()
-        # A client that hangs up cancels only this future: the flusher still applies the
-        # write (it may already be on disk), it just has nobody to answer.
+        with queue.ready:
+            queue.batch.append(_Pending(lsn, mutation, moment, frame, future, reserved))
+            queue.notify()
+        # A client that hangs up cancels only this future: the batch is still applied
+        # (it may already be on disk), it just has nobody to answer.
         return await future
 
-    def _kick(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+    # -- on the I/O thread -------------------------------------------------------
 
-    async def _flush(self) -> None:
+    def _serve(self) -> None:
+        queue = self._queue
+        loop = self._loop
+        assert loop is not None
         journal = self._journal
         durable = self._durable
-        stats = self._stats
-        while self._pending:
-            async with self._lock:
-                batch, self._pending = self._pending, []
-                if durable and self.failure is not None:
-                    self._reject(batch)
-                    continue
-                data = b"".join(item.frame for item in batch)
-                started = time.perf_counter()
+        while True:
+            with queue.ready:
+                while not (queue.jobs or (queue.batch and not queue.holds) or queue.closed):
+                    queue.idle = True
+                    queue.ready.wait()
+                queue.idle = False
+                if queue.jobs:
+                    job: _Job | None = queue.jobs.popleft()
+                    batch: list[_Pending] = []
+                elif queue.batch and not queue.holds:
+                    job, batch, queue.batch = None, queue.batch, []
+                else:
+                    return  # closed, and nothing left to do
+            if job is not None:
                 try:
-                    await self._run_io(_write, journal, data, batch[-1].lsn, durable)
-                except OSError as exc:
-                    self._failed(exc, len(batch))
-                    self._reject(batch)
-                    continue
+                    result = job.function(*job.args)
+                except BaseException as exc:  # handed to whoever awaits the job
+                    loop.call_soon_threadsafe(_settle, job.future, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, job.future, result, None)
+                continue
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                journal.write(b"".join(item.frame for item in batch), batch[-1].lsn)
                 if durable:
-                    stats.journal_fsync.observe(time.perf_counter() - started)
-                    stats.journal_batch.observe(len(batch))
-                    # Writers first, then the waiters their writes release: all in this
-                    # same loop turn, the moment the batch becomes visible.
-                    with self._store.holding_notifications():
-                        for item in batch:
-                            result = self._apply(item.mutation, item.moment, item.reserved)
-                            if item.future is not None and not item.future.done():
-                                item.future.set_result(result)
-                    self.applied_lsn = batch[-1].lsn
-                stats.journal_bytes = journal.size
-            if journal.size > self._max_bytes:
-                self._snapshot_needed()
+                    journal.sync()
+            except BaseException as exc:
+                error = exc
+                if durable:
+                    with queue.ready:
+                        queue.holds += 1  # the loop rejects what queued, then the probe
+            loop.call_soon_threadsafe(self._written, batch, error,
+                                      time.perf_counter() - started, journal.size)
+
+    # -- back on the loop --------------------------------------------------------
+
+    def _written(self, batch: list[_Pending], error: BaseException | None, seconds: float,
+                 journal_bytes: int) -> None:
+        stats = self._stats
+        stats.journal_bytes = journal_bytes
+        if error is not None:
+            self._failed(error, len(batch))
+            if self._durable:
+                queue = self._queue
+                with queue.ready:
+                    behind, queue.batch = queue.batch, []
+                    queue.holds -= 1
+                self._reject(batch + behind)
+                if behind:
+                    self._done(behind[-1].lsn)
+        elif self._durable:
+            stats.journal_fsync.observe(seconds)
+            stats.journal_batch.observe(len(batch))
+            # Writers first, then the waiters their writes release: all in this same
+            # loop turn, the moment the batch becomes visible.
+            with self._store.holding_notifications():
+                for item in batch:
+                    result = self._apply(item.mutation, item.moment, item.reserved)
+                    if item.future is not None and not item.future.done():
+                        item.future.set_result(result)
+            self.applied_lsn = batch[-1].lsn
+        self._done(batch[-1].lsn)
+        if journal_bytes > self._max_bytes:
+            self._snapshot_needed()
+
+    def _done(self, lsn: int) -> None:
+        self._done_lsn = max(self._done_lsn, lsn)
+        if self._drained:
+            waiting = self._drained
+            self._drained = [(target, future) for target, future in waiting
+                             if target > self._done_lsn]
+            for target, future in waiting:
+                if target <= self._done_lsn and not future.done():
+                    future.set_result(None)
 
     def _apply(self, mutation: Mutation, moment: float, reserved: int) -> Result:
         result = self._store.apply(mutation, moment)
         self._store.release(reserved)
         return result
 
-    def _failed(self, exc: OSError, writes: int) -> None:
+    def _failed(self, exc: BaseException, writes: int) -> None:
         """A journal write or fsync failed: stop trusting the journal until a probe passes."""
+        if not isinstance(exc, OSError):
+            log.error("journal write failed unexpectedly", exc_info=exc)
         self._stats.journal_failures += 1
         first = self.failure is None
         self.failure = f"journal write or fsync failed: {exc}"
@@ -242,27 +346,51 @@ class JournalWriter:
         the applied lsn (plus, in batch mode, unwritten ones at or below it, which
         replay skips), and every later record lands in that segment or after it.
         """
+        queue = self._queue
         async with self._lock:
+            with queue.ready:
+                queue.holds += 1
             try:
-                await self._run_io(self._journal.rotate)
-            except OSError as exc:
-                log.error("journal rotation before snapshot failed: %s", exc)
-            yield self.applied_lsn, self._journal.next_seq
+                # The rotation runs after the batch in flight, whose completion reaches
+                # the loop before the rotation's: applied_lsn then covers it.
+                try:
+                    await self._run_io(self._journal.rotate)
+                except OSError as exc:
+                    log.error("journal rotation before snapshot failed: %s", exc)
+                yield self.applied_lsn, self._journal.next_seq
+            finally:
+                with queue.ready:
+                    queue.holds -= 1
+                    queue.notify()
 
     async def drop_covered(self, lsn: int, next_segment: int) -> None:
         """Delete the segments a snapshot at `lsn` made redundant."""
         async with self._lock:
             try:
-                await self._run_io(self._journal.drop_covered, lsn, next_segment)
+                self._stats.journal_bytes = await self._run_io(_drop_covered, self._journal,
+                                                               lsn, next_segment)
             except OSError as exc:
                 log.error("could not delete journal segments covered by the snapshot: %s", exc)
-            self._stats.journal_bytes = self._journal.size
 
     async def _run_io(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+        """Run `function` on the I/O thread, ahead of any batch not yet taken."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        queue = self._queue
+        with queue.ready:
+            queue.jobs.append(_Job(function, args, future))
+            queue.notify()
+        return await future
 
 
-def _write(journal: Journal, data: bytes, max_lsn: int, durable: bool) -> None:
-    journal.write(data, max_lsn)
-    if durable:
-        journal.sync()
+def _drop_covered(journal: Journal, lsn: int, next_segment: int) -> int:
+    journal.drop_covered(lsn, next_segment)
+    return journal.size
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # its caller was cancelled; the job ran all the same
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
