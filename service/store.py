@@ -53,6 +53,12 @@ class Outcome(NamedTuple):
 class CapacityError(Exception):
     """Applying the write would take the store past its entity limit."""
 
+    @classmethod
+    def refusing(cls, holder: str, held: int, limit: int, new: int) -> CapacityError:
+        """The one wording for both backends: `holder` ("the store", "Redis") holds `held`."""
+        return cls(f"{holder} holds {held} entities and the limit is {limit}; this write "
+                   f"would add {new} more. Delete unused entities or raise --max-entities")
+
 
 class StatusStore:
     def __init__(self, max_entities: int) -> None:
@@ -132,10 +138,7 @@ class StatusStore:
             if name not in entries:
                 new += 1
         if new and len(entries) + self._reserved + new > self.max_entities:
-            raise CapacityError(
-                f"the store holds {len(entries)} entities and its limit is {self.max_entities}; "
-                f"this write would add {new} more. Delete unused entities or raise --max-entities"
-            )
+            raise CapacityError.refusing("the store", len(entries), self.max_entities, new)
         self._reserved += new
         return new
 

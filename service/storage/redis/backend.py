@@ -187,10 +187,8 @@ class RedisBackend:
             self.store.release(reserved)
         result = call.result
         if isinstance(result, Full):
-            raise CapacityError(
-                f"Redis holds {result.held} entities and the limit is "
-                f"{self.store.max_entities}; this write would add {result.new} more. "
-                "Delete unused entities or raise --max-entities")
+            raise CapacityError.refusing("Redis", result.held, self.store.max_entities,
+                                         result.new)
         follower = self.follower
         if not await follower.reached(call.epoch, call.seq, history, self.options.apply_timeout):
             if not isinstance(result, dict):
