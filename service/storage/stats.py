@@ -11,21 +11,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from service.counters import Distribution
+from service.counters import BATCH_SIZE_BUCKETS, IO_SECONDS_BUCKETS, Distribution
 
-_FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 _SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(slots=True)
 class StorageStats:
-    journal_fsync: Distribution = field(default_factory=lambda: Distribution(_FSYNC_BUCKETS))
-    journal_batch: Distribution = field(default_factory=lambda: Distribution(_BATCH_BUCKETS))
+    journal_fsync: Distribution = field(default_factory=lambda: Distribution(IO_SECONDS_BUCKETS))
+    journal_batch: Distribution = field(default_factory=lambda: Distribution(BATCH_SIZE_BUCKETS))
     journal_bytes: int = 0
     journal_failures: int = 0
     snapshot_duration: Distribution = field(
@@ -51,17 +49,16 @@ class StorageCollector(Collector):
                      "Seconds since the snapshot on disk last held every change (by the "
                      "monotonic clock); alert on this rather than on the timestamp.",
                      time.monotonic() - stats.snapshot_current_at)
-        yield _histogram("process_status_snapshot_duration_seconds",
-                         "Time to capture and durably write a snapshot.",
-                         stats.snapshot_duration)
+        yield stats.snapshot_duration.family("process_status_snapshot_duration_seconds",
+                                             "Time to capture and durably write a snapshot.")
         yield CounterMetricFamily("process_status_snapshot_failures",
                                   "Snapshots that failed to be written.",
                                   value=stats.snapshot_failures)
-        yield _histogram("process_status_journal_fsync_duration_seconds",
-                         "Time to write and fsync one journal batch (group commit).",
-                         stats.journal_fsync)
-        yield _histogram("process_status_journal_batch_size",
-                         "Writes made durable by one fsync.", stats.journal_batch)
+        yield stats.journal_fsync.family("process_status_journal_fsync_duration_seconds",
+                                         "Time to write and fsync one journal batch "
+                                         "(group commit).")
+        yield stats.journal_batch.family("process_status_journal_batch_size",
+                                         "Writes made durable by one fsync.")
         yield _gauge("process_status_journal_bytes",
                      "Bytes in journal segments not yet covered by a snapshot.",
                      stats.journal_bytes)
@@ -74,7 +71,3 @@ class StorageCollector(Collector):
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
-
-def _histogram(name: str, documentation: str, series: Distribution) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, documentation, buckets=series.cumulative(),
-                                 sum_value=series.sum)

@@ -10,21 +10,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from service.counters import Distribution
-
-_CALL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+from service.counters import BATCH_SIZE_BUCKETS, IO_SECONDS_BUCKETS, Distribution
 
 
 @dataclass(slots=True)
 class RedisStats:
-    call_duration: Distribution = field(default_factory=lambda: Distribution(_CALL_BUCKETS))
+    call_duration: Distribution = field(default_factory=lambda: Distribution(IO_SECONDS_BUCKETS))
     """One coalesced FCALL (and WAIT) round trip."""
-    call_batch: Distribution = field(default_factory=lambda: Distribution(_BATCH_BUCKETS))
+    call_batch: Distribution = field(default_factory=lambda: Distribution(BATCH_SIZE_BUCKETS))
     """Writes carried by one FCALL."""
     write_failures: int = 0
     """Calls that failed (Redis unreachable, an error, or WAIT short): their writes got 503."""
@@ -62,11 +59,11 @@ class RedisCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
-        yield _histogram("process_status_redis_call_duration_seconds",
-                         "One coalesced Redis write call (FCALL, plus WAIT when set).",
-                         stats.call_duration)
-        yield _histogram("process_status_redis_call_batch_size",
-                         "Writes carried by one Redis call (coalescing).", stats.call_batch)
+        yield stats.call_duration.family("process_status_redis_call_duration_seconds",
+                                         "One coalesced Redis write call (FCALL, plus "
+                                         "WAIT when set).")
+        yield stats.call_batch.family("process_status_redis_call_batch_size",
+                                      "Writes carried by one Redis call (coalescing).")
         yield CounterMetricFamily("process_status_redis_write_failures",
                                   "Redis write calls that failed; their writes were answered 503.",
                                   value=stats.write_failures)
@@ -98,7 +95,3 @@ class RedisCollector(Collector):
                                 "1 while the follower's stream connection is up.",
                                 value=1.0 if stats.follower_connected else 0.0)
 
-
-def _histogram(name: str, documentation: str, series: Distribution) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, documentation, buckets=series.cumulative(),
-                                 sum_value=series.sum)
