@@ -18,10 +18,10 @@ a serializable range (answered by the member without a consensus round: what a l
 `processed?` answer is comparable to), durable writes, and a mixed load of nine reads to
 one write. Each round runs both systems back to back per scenario and swaps which goes
 first every round; the table gives medians over rounds, and each ratio is the median of
-the per-round ratios. "Per server CPU-second" divides requests by the CPU time
-(user + system) the server's processes spent during the load: etcd's one process,
-process-status's gunicorn master and worker. wrk shares the 2 cores, so its CPU is printed
-per run too.
+the per-round ratios, with their range. "Per server CPU-second" divides requests by the
+CPU time (user + system) the server's processes spent during the load: etcd's one
+process, process-status's gunicorn master and worker. It moves less than req/s when
+other jobs share the cores. wrk shares them too, so its CPU is printed per run.
 
 Exits 0 with one "skipped" line when etcd is not installed.
 """
@@ -118,17 +118,24 @@ class Results:
         return statistics.median(
             float(getattr(run.result, figure)) for run in self.runs[(scenario, system)])
 
-    def ratio(self, scenario: str, per_cpu: bool = False) -> float:
-        """Median over rounds of the same round's process-status / etcd figure."""
+    def ratios(self, scenario: str, per_cpu: bool = False) -> list[float]:
+        """The same round's process-status / etcd figure, one per round."""
         pairs = zip(self.runs[(scenario, "process-status")], self.runs[(scenario, "etcd")],
                     strict=True)
         if per_cpu:
-            values = [ours.per_cpu_second / theirs.per_cpu_second
-                      for ours, theirs in pairs if theirs.per_cpu_second]
-        else:
-            values = [ours.result.rps / theirs.result.rps for ours, theirs in pairs
-                      if theirs.result.rps]
-        return statistics.median(values) if values else 0.0
+            return [ours.per_cpu_second / theirs.per_cpu_second
+                    for ours, theirs in pairs if theirs.per_cpu_second]
+        return [ours.result.rps / theirs.result.rps for ours, theirs in pairs
+                if theirs.result.rps]
+
+
+def ratio_cell(values: list[float]) -> str:
+    """The median, and the range over rounds: on a shared machine one round can swing."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
 
 def measure(server: Server, url: str, script: Path, args: argparse.Namespace) -> Run:
@@ -177,11 +184,12 @@ def report(results: Results, args: argparse.Namespace, version: str) -> None:
           f"--latency, {args.rounds} rotated round(s), {KEYS:,} keys, loopback, "
           f"{os.cpu_count()} CPUs shared by wrk and the servers; medians over rounds\n")
     print("| scenario | process-status req/s | p50 | p99 | etcd req/s | p50 | p99 "
-          "| ratio | ratio per server CPU-s | goal |")
+          "| ratio (range) | per server CPU-s (range) | goal |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for scenario in SCENARIOS:
         name = scenario.name
-        ratio = results.ratio(name)
+        ratios = results.ratios(name)
+        ratio = statistics.median(ratios) if ratios else 0.0
         goal = ""
         if scenario.goal is not None:
             met = ratio >= scenario.goal
@@ -196,7 +204,7 @@ def report(results: Results, args: argparse.Namespace, version: str) -> None:
             cells += [f"{results.median(name, system, 'rps'):,.0f}",
                       f"{results.median(name, system, 'p50_ms'):.2f} ms",
                       f"{results.median(name, system, 'p99_ms'):.2f} ms"]
-        cells += [f"{ratio:.2f}x", f"{results.ratio(name, per_cpu=True):.2f}x", goal]
+        cells += [ratio_cell(ratios), ratio_cell(results.ratios(name, per_cpu=True)), goal]
         print("| " + " | ".join(cells) + " |")
     errors = sum(run.result.errors for runs in results.runs.values() for run in runs)
     other = max(run.other_cpu for runs in results.runs.values() for run in runs)
