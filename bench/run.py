@@ -59,6 +59,9 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("baseline", "baseline", "/"),
+    Scenario("aiohttp-processed", "baseline",
+             f"/status/{READ_ENTITY}/processed?ts={READ_ASKED}"),
+    Scenario("aiohttp-put", "baseline", "/", put=True),
     Scenario("processed", "fsync", f"/status/{READ_ENTITY}/processed?ts={READ_ASKED}"),
     Scenario("put-snapshot", "snapshot", "/", put=True),
     Scenario("put-fsync", "fsync", "/", put=True),
@@ -66,6 +69,8 @@ SCENARIOS = [
 ]
 LABELS = {
     "baseline": "baseline GET (bare aiohttp)",
+    "aiohttp-processed": "same route and answer as processed?, bare aiohttp",
+    "aiohttp-put": "same route and answer as PUT, bare aiohttp",
     "processed": "GET /status/{e}/processed?ts=",
     "put-snapshot": "PUT /status/{e} --durability snapshot",
     "put-fsync": "PUT /status/{e} --durability fsync",
@@ -82,6 +87,12 @@ GOALS: dict[str, tuple[str, float]] = {
 class Measured:
     runs: list[WrkResult] = field(default_factory=list)
     other_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    """Server CPU-seconds per request, per run: less sensitive to a busy machine than req/s."""
+
+    @property
+    def cpu_us(self) -> float:
+        return statistics.median(self.server_cpu) * 1e6
 
     @property
     def rps(self) -> float:
@@ -103,8 +114,9 @@ class Measured:
 
 def measure(
     server: Server, scenario: Scenario, args: argparse.Namespace
-) -> tuple[WrkResult, float]:
-    """One wrk run; also returns the share of machine CPU used by other processes."""
+) -> tuple[WrkResult, float, float]:
+    """One wrk run; also returns the share of machine CPU used by other processes, and the
+    server's CPU-seconds per request."""
     pids = [server.process.pid, server.worker_pid()]
     ours_before = sum(process_cpu_seconds(pid) for pid in pids)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -118,9 +130,9 @@ def measure(
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (children.ru_utime - children_before.ru_utime
                + children.ru_stime - children_before.ru_stime)
-    ours = sum(process_cpu_seconds(pid) for pid in pids) - ours_before + wrk_cpu
-    other = max(0.0, busy - ours) / (elapsed * (os.cpu_count() or 1))
-    return result, other
+    server_cpu = sum(process_cpu_seconds(pid) for pid in pids) - ours_before
+    other = max(0.0, busy - server_cpu - wrk_cpu) / (elapsed * (os.cpu_count() or 1))
+    return result, other, server_cpu / max(1, result.requests)
 
 
 def start_servers(needed: set[str], work: Path) -> dict[str, Server]:
@@ -148,6 +160,13 @@ def seed(server: Server) -> None:
         raise RuntimeError(f"seeding {READ_ENTITY} failed: PUT {status}, GET {check}")
 
 
+def seed_check(server: Server) -> None:
+    """The bare app's PUT route answers as the service's does (else wrk counts errors)."""
+    status = http("PUT", f"{server.url}/status/{READ_ENTITY}", b'{"timestamp": 1}')
+    if status != 200:
+        raise RuntimeError(f"the baseline app's PUT route answered {status}")
+
+
 def ratio(results: dict[str, Measured], top: str, bottom: str) -> float | None:
     if top in results and bottom in results and results[bottom].rps:
         return results[top].rps / results[bottom].rps
@@ -163,8 +182,9 @@ def verdict(value: float | None, goal: float) -> str:
 def report(results: dict[str, Measured], args: argparse.Namespace) -> None:
     print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
           f"{args.rounds} round(s), loopback, {os.cpu_count()} CPUs shared by wrk and server\n")
-    print("| scenario | req/s | spread | p99 | vs baseline | goal | other CPU | errors |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    print("| scenario | req/s | spread | p99 | vs baseline | goal | server CPU/req "
+          "| other CPU | errors |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
     for scenario in SCENARIOS:
         if scenario.name not in results:
             continue
@@ -177,9 +197,12 @@ def report(results: dict[str, Measured], args: argparse.Namespace) -> None:
         print(
             f"| {LABELS[scenario.name]} | {measured.rps:,.0f} | ±{measured.spread:.0%} "
             f"| {measured.p99:.2f} ms | {'' if against is None else f'{against:.2f}x'} "
-            f"| {goal} | {max(measured.other_cpu):.0%} | {measured.errors} |"
+            f"| {goal} | {measured.cpu_us:.0f} us | {max(measured.other_cpu):.0%} "
+            f"| {measured.errors} |"
         )
     pairs: list[tuple[str, str, float | None]] = [
+        ("processed", "aiohttp-processed", None),
+        ("put-fsync", "aiohttp-put", None),
         ("put-fsync", "put-snapshot", 0.7),
         ("put-batch", "put-snapshot", None),
         ("put-fsync", "put-batch", None),
@@ -190,8 +213,9 @@ def report(results: dict[str, Measured], args: argparse.Namespace) -> None:
         if value is None:
             continue
         goal = "" if floor is None else f" (goal >= {floor:g}x: {verdict(value, floor)})"
-        lines.append(f"- PUT {top.removeprefix('put-')} / PUT {bottom.removeprefix('put-')}: "
-                     f"{value:.2f}x{goal}")
+        cpu = results[bottom].cpu_us / results[top].cpu_us if results[top].cpu_us else 0.0
+        lines.append(f"- {LABELS[top]} / {LABELS[bottom]}: {value:.2f}x in req/s, "
+                     f"{cpu:.2f}x in server CPU per request{goal}")
     if lines:
         print()
         print("\n".join(lines))
@@ -224,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         with stopping(list(servers.values())):
             if any(scenario.name == "processed" for scenario in scenarios):
                 seed(servers["fsync"])
+            if any(scenario.server == "baseline" and scenario.put for scenario in scenarios):
+                seed_check(servers["baseline"])
             for round_number in range(args.rounds):
                 for scenario in scenarios:
                     server = servers[scenario.server]
@@ -231,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                         wrk(server.url + scenario.path, args.warmup,
                             connections=args.connections, threads=args.threads,
                             script=PUT_SCRIPT if scenario.put else None)
-                    result, other = measure(server, scenario, args)
+                    result, other, cpu = measure(server, scenario, args)
                     measured = results.setdefault(scenario.name, Measured())
                     measured.runs.append(result)
                     measured.other_cpu.append(other)
+                    measured.server_cpu.append(cpu)
                     print(f"round {round_number + 1} {scenario.name}: {result.rps:,.0f} req/s, "
                           f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, "
                           f"other CPU {other:.0%}", file=sys.stderr, flush=True)
