@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from service.storage import records
 from service.storage.backend import WriteFailed
 from service.storage.journal import Journal
+from service.storage.outage import Outage
 from service.storage.stats import StorageStats
 from service.store import Mutation, Outcome, StatusStore
 
@@ -111,9 +112,14 @@ class JournalWriter:
         """Every record up to here is written, or was rejected."""
         self._drained: list[tuple[int, asyncio.Future[None]]] = []
         self.applied_lsn = last_lsn
-        self.failure: str | None = None
-        """Why writes are refused (a journal fault), None while they are accepted."""
+        self._outage = Outage(log, "journal writes", self._probe,
+                              interval=min(1.0, fsync_interval), recovered=self._recovered)
         stats.journal_bytes = journal.size
+
+    @property
+    def failure(self) -> str | None:
+        """Why writes are refused (a journal fault), None while they are accepted."""
+        return self._outage.reason
 
     @property
     def queued(self) -> int:
@@ -133,6 +139,7 @@ class JournalWriter:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._outage.stop()
         target = self._next_lsn - 1
         if self._done_lsn < target and self._thread.is_alive():
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -274,17 +281,14 @@ class JournalWriter:
         if not isinstance(exc, OSError):
             log.error("journal write failed unexpectedly", exc_info=exc)
         self._stats.journal_failures += 1
-        first = self.failure is None
-        self.failure = f"journal write or fsync failed: {exc}"
         if self._durable:
-            log.error("journal write failed; %d writes rejected; writes are answered 503 "
-                      "until a fresh segment can be synced: %s", writes, exc)
+            message = ("journal write failed; %d writes rejected; writes are answered 503 "
+                       "until a fresh segment can be synced: %s")
         else:
-            log.error("journal write or fsync failed; acknowledged writes since the last "
-                      "good fsync are only in memory until the next snapshot: %s", exc)
-        if first:
-            self._tasks = [task for task in self._tasks if not task.done()]
-            self._tasks.append(asyncio.create_task(self._probe()))
+            message = ("journal write or fsync failed (%d writes in the batch); acknowledged "
+                       "writes since the last good fsync are only in memory until the next "
+                       "snapshot: %s")
+        self._outage.failed(f"journal write or fsync failed: {exc}", message, writes, exc)
 
     def _rejection(self) -> WriteFailed:
         return WriteFailed(
@@ -300,26 +304,19 @@ class JournalWriter:
             if item.future is not None and not item.future.done():
                 item.future.set_exception(failure)
 
-    async def _probe(self) -> None:
-        """While the journal is failed: retry a fresh segment every second until it syncs."""
-        while self.failure is not None:
-            await asyncio.sleep(min(1.0, self._fsync_interval))
-            async with self._lock:
-                try:
-                    await self._run_io(self._journal.probe)
-                except OSError as exc:
-                    log.warning("journal still failing: %s", exc)
-                    continue
-                except Exception:
-                    # Anything else is a bug, but the probe must go on: without it writes
-                    # would stay refused until a restart.
-                    log.exception("journal probe failed unexpectedly; retrying")
-                    continue
-                self.failure = None
-            log.info("journal writable again; accepting writes")
-            if not self._durable:
-                # Acknowledged writes that missed the journal are only in memory.
-                self._snapshot_needed()
+    async def _probe(self) -> str | None:
+        """While the journal is failed: can a fresh segment be synced?"""
+        async with self._lock:
+            try:
+                await self._run_io(self._journal.probe)
+            except OSError as exc:
+                return f"journal write or fsync failed: {exc}"
+        return None
+
+    def _recovered(self) -> None:
+        if not self._durable:
+            # Acknowledged writes that missed the journal are only in memory.
+            self._snapshot_needed()
 
     async def _sync_periodically(self) -> None:
         journal = self._journal
