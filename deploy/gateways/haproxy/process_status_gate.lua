@@ -9,6 +9,10 @@
 --                         the gate could not be reached / did not answer
 --   txn.gate_retry_after  the gate's Retry-After header (may be empty)
 --   txn.gate_body         the gate's problem+json body (may be empty)
+--   txn.gate_max_age      seconds the gate's 200 may be reused (its
+--                         Cache-Control max-age, less any Age); set only for
+--                         a 200 that may be reused, so haproxy.cfg keeps
+--                         nothing else in its stick table
 --
 -- Usage in haproxy.cfg:
 --   global
@@ -28,19 +32,8 @@ local FORWARDED_HEADERS = {
 -- --gate-wait (default 0.1 s).
 local GATE_TIMEOUT_MS = 2000
 
--- Positive answers kept in this Lua state, so that a repeated processed token
--- costs no round trip at all (HAProxy's own cache, behind the internal proxy
--- below, still costs one per read): key -> expiry in seconds (core.now()).
--- Bounded: when full it is emptied, the cheapest eviction that keeps a hot
--- token's cost at one gate call per max-age.
-local MAX_REMEMBERED = 10000
-local remembered = {}
-local remembered_count = 0
-
-local function now_seconds()
-    local now = core.now()
-    return now.sec + now.usec / 1000000
-end
+-- The longest reuse of a 200 handed to haproxy.cfg, in seconds.
+local MAX_AGE_SECONDS = 86400
 
 -- The max-age of a Cache-Control value, nil when it allows no reuse.
 local function max_age_of(control)
@@ -52,15 +45,6 @@ local function max_age_of(control)
         return nil
     end
     return tonumber(seconds)
-end
-
--- The tokens as a query string, for HAProxy's cache key (the gate itself reads
--- only the header): every byte outside RFC 3986's unreserved set is escaped.
-local function query_of(tokens)
-    local escaped = string.gsub(table.concat(tokens, ", "), "[^%w%-%._~]", function(c)
-        return string.format("%%%02X", string.byte(c))
-    end)
-    return "?tokens=" .. escaped
 end
 
 -- HAProxy header tables are indexed from 0; accept 1-based ones too.
@@ -93,28 +77,9 @@ core.register_action("process_status_gate", { "http-req" }, function(txn, gate_u
         end
     end
 
-    local url = gate_url
-    local tokens = headers["x-event-streamex-entity-timestamp"]
-    if tokens ~= nil then
-        url = url .. query_of(tokens)
-    end
-    -- The read token is part of the key: an answer given to one is not another's.
-    local key = url .. "\n" .. table.concat(headers["x-process-status-token"] or {}, ",")
-    local expires = remembered[key]
-    if expires ~= nil then
-        if expires > now_seconds() then
-            txn:set_var("txn.gate_status", 200)
-            txn:set_var("txn.gate_retry_after", "")
-            txn:set_var("txn.gate_body", "")
-            return
-        end
-        remembered[key] = nil
-        remembered_count = remembered_count - 1
-    end
-
     local ok, response = pcall(function()
         return core.httpclient():get({
-            url = url,
+            url = gate_url,
             dst = gate_dst,
             headers = headers,
             timeout = GATE_TIMEOUT_MS,
@@ -136,17 +101,15 @@ core.register_action("process_status_gate", { "http-req" }, function(txn, gate_u
             retry_after = values_of(response_headers["retry-after"])[1] or ""
         end
         local max_age = max_age_of(values_of(response_headers["cache-control"])[1])
-        if max_age ~= nil then
-            -- An answer from HAProxy's cache says how old it already is.
+        if status == 200 and max_age ~= nil then
+            -- A cache between here and the gate would say how old its copy is.
             max_age = max_age - (tonumber(values_of(response_headers["age"])[1] or "0") or 0)
-        end
-        if status == 200 and max_age ~= nil and max_age > 0 then
-            if remembered_count >= MAX_REMEMBERED then
-                remembered = {}
-                remembered_count = 0
+            if max_age > 0 then
+                -- The config adds this to the time of day in a 32-bit counter:
+                -- keep the sum far from overflowing (the table's expire is
+                -- shorter anyway).
+                txn:set_var("txn.gate_max_age", math.min(max_age, MAX_AGE_SECONDS))
             end
-            remembered[key] = now_seconds() + max_age
-            remembered_count = remembered_count + 1
         end
     end
     txn:set_var("txn.gate_status", status)
