@@ -10,11 +10,12 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.servers import free_port
@@ -200,6 +201,28 @@ def gateway_and_own_service(
         yield stack, own
 
 
+OwnStack = Callable[..., tuple[Stack, Service]]
+
+
+@pytest.fixture
+def gateway_with_serve_args(
+    gateway_spec: Gateway, upstream: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OwnStack]:
+    """Start the same gateway and config in front of a process-status of its own, run with
+    extra `serve` flags (they win over the defaults above, e.g. --gate-cache-seconds);
+    both are stopped when the test ends."""
+    with ExitStack() as running:
+
+        def start(*serve_args: str) -> tuple[Stack, Service]:
+            work = tmp_path_factory.mktemp(f"{gateway_spec.name}-own")
+            own = running.enter_context(_run_service(work, *serve_args))
+            stack = running.enter_context(_gateway_in_front_of(gateway_spec, own, upstream,
+                                                               work))
+            return stack, own
+
+        yield start
+
+
 @pytest.fixture
 def gateway_gate_503(
     gateway_spec: Gateway,
@@ -211,3 +234,10 @@ def gateway_gate_503(
     work = tmp_path_factory.mktemp(f"{gateway_spec.name}-503")
     with _gateway_in_front_of(gateway_spec, service_gate_503, upstream, work) as stack:
         yield stack
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to the gateway and the service."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session

@@ -6,7 +6,7 @@ unprocessed one gets 425 with Retry-After; one processed during the gate's wait
 reaches the read model; a malformed one gets 400; a repeated processed token is
 answered from the gateway's cache where the gateway can cache; with
 process-status stopped, token-less reads still work and token reads get the
-documented answer (see deploy/gateways/README.md).
+documented answer (see docs/gateways.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -45,12 +44,6 @@ class Answer:
     @property
     def from_upstream(self) -> bool:
         return self.body.startswith(UPSTREAM_BODY)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        yield session
 
 
 def new_entity() -> str:
