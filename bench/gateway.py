@@ -13,8 +13,9 @@ wrk (-t1 -c64) measures, round-robin over --rounds rounds:
 * no token: reads without X-Event-Streamex-Entity-Timestamp (goal >= 0.95x);
 * repeated token: every read carries the same processed token, which the
   gateway's cache answers for the gate's max-age (goal >= 0.80x);
-* fresh token: a token never seen before on every read (bench/fresh_token.lua),
-  so the gateway asks process-status every time: reported, no goal.
+* fresh token: a token never seen before on every read (bench/fresh_token.lua,
+  its counter started past every earlier run's), so the gateway asks
+  process-status every time: reported, no goal.
 
 "gate calls/read" is process-status's own count of gate decisions
 (process_status_checks_total{source="gate"}) per request wrk completed.
@@ -31,6 +32,7 @@ answer (or passes, with a fail-open config). Token-less reads do not notice.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import pwd
 import re
@@ -234,6 +236,27 @@ def gate_calls(service: Server) -> int:
     return round(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
 
 
+_fresh_runs = itertools.count(1)
+
+
+def fresh_tokens_script(work: Path) -> Path:
+    """bench/fresh_token.lua with its counter started where no earlier run has been.
+
+    Every wrk process starts the script's counter at 0, so without this a measured run
+    repeats the tokens of its warm-up and of earlier rounds, which the gateway's cache
+    already holds, and "fresh" reads are partly answered from it (0.6-0.7 gate calls a
+    read were measured that way).
+    """
+    run = next(_fresh_runs)
+    # 10**9 tokens a run, far more than wrk sends; the tokens stay below RECORDED
+    # (processed) for up to 15,000 runs.
+    text = _replace_once(FRESH_SCRIPT.read_text(), "local counter = 0",
+                         f"local counter = {run * 10**9}")
+    path = work / f"fresh_token_{run}.lua"
+    path.write_text(text)
+    return path
+
+
 def check_answers(gated: Server) -> None:
     """Make sure the gated gateway really gates before measuring it."""
     cases = ((f"{ENTITY}/1", 200), (f"{ENTITY}-never/1", 425))
@@ -267,6 +290,10 @@ def report(gateway: str, results: dict[str, Measured], args: argparse.Namespace)
               f"{ratio:.2f}x | {goal} | {calls:.3f} | {measured.errors} |")
 
 
+def _script(scenario: Scenario, work: Path) -> Path | None:
+    return fresh_tokens_script(work) if scenario.script == FRESH_SCRIPT else scenario.script
+
+
 def bench_gateway(name: str, work: Path, service: Server, upstream: str,
                   args: argparse.Namespace) -> dict[str, Measured]:
     start = GATEWAYS[name]
@@ -283,10 +310,10 @@ def bench_gateway(name: str, work: Path, service: Server, upstream: str,
                 server = gated if scenario.gated else ungated
                 if round_number == 0 and args.warmup > 0:
                     wrk(server.url + "/", args.warmup, connections=args.connections,
-                        threads=args.threads, script=scenario.script)
+                        threads=args.threads, script=_script(scenario, work))
                 before = gate_calls(service)
                 result = wrk(server.url + "/", args.duration, connections=args.connections,
-                             threads=args.threads, script=scenario.script)
+                             threads=args.threads, script=_script(scenario, work))
                 measured = results.setdefault(scenario.name, Measured())
                 measured.runs.append(result)
                 measured.gate_calls += gate_calls(service) - before
@@ -413,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [name.strip() for name in args.gateways.split(",") if name.strip()]
     if set(chosen) - set(GATEWAYS):
         parser.error(f"choose gateways out of {sorted(GATEWAYS)} (or none: '')")
+    print(f"load average (1 min) at the start: {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="process-status-gateway-bench-") as temp:
         work = Path(temp)
         with ExitStack() as stack:
