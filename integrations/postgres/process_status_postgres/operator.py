@@ -19,7 +19,7 @@ position is only ever recorded after the transaction that stores it committed. W
 idle it asks the server for the end of what has been decoded and records that (after
 applying everything before it), or tokens taken after unrelated WAL would wait for ever;
 it stores that point as progress and confirms it to the slot only every
-`idle_confirm_interval` (a progress write is WAL too: doing it every turn would keep an
+`idle_confirm_interval` and at a clean stop (a progress write is WAL too: doing it every turn would keep an
 operator whose read model shares the cluster busy advancing past its own writes).
 
 Why LSNs: they are in commit order, and a transaction's rows are visible exactly when
@@ -307,6 +307,17 @@ class Operator:
                 cursor.send_feedback(reply=True, force=True)  # "send a keepalive now"
                 asked = now
             select.select([cursor], [], [], self.options.idle_interval)
+        if self.recorded > self.applied:
+            # A clean stop keeps what idle keepalives recorded (everything up to it was
+            # applied when it was recorded): the next start resumes there instead of
+            # reading again WAL that the gate already vouched for.
+            try:
+                self._confirm(target, self.recorded)
+                cursor.send_feedback(flush_lsn=self.applied, force=True)
+            except psycopg2.Error as exc:
+                log.warning("could not store progress %s at stop (%s); the next start "
+                            "resumes from %s", format_lsn(self.recorded), str(exc).strip(),
+                            format_lsn(self.applied))
 
     def _apply(self, target: Any, batch: list[Transaction]) -> None:
         end = batch[-1].end_lsn
