@@ -175,7 +175,7 @@ def etcd_version(etcd: str) -> str:
     output = subprocess.run([etcd, "--version"], capture_output=True, text=True,
                             timeout=10, check=False).stdout
     first = output.splitlines()[0] if output else "etcd (version unknown)"
-    return first.replace("Version:", "").strip()
+    return " ".join(first.replace("Version:", "").split())  # "etcd Version: 3.4.23"
 
 
 def report(results: Results, args: argparse.Namespace, version: str) -> None:
