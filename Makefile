@@ -33,8 +33,12 @@ unit: $(STAMP)
 
 test: lint unit
 
+# Every bench script notes its goal figures here; bench/goals.py prints them as one table.
+GOALS := $(CURDIR)/build/bench-goals.jsonl
+bench: export PROCESS_STATUS_BENCH_GOALS = $(GOALS)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo 'make bench needs wrk: apt-get install -y wrk (and etcd-server for bench/peers.py, which skips without it)'; exit 1; }
+	mkdir -p build && rm -f $(GOALS)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/waiters.py
@@ -43,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/redis_backend.py
 	$(BIN)/python bench/postgres_positions.py
+	$(BIN)/python bench/goals.py $(GOALS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

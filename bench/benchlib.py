@@ -9,6 +9,7 @@ if it does not exit). Free ports and Redis processes come from the tests' harnes
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -342,3 +343,21 @@ def process_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+GOALS_ENV = "PROCESS_STATUS_BENCH_GOALS"
+"""The file `make bench` collects every script's goal figures in, for bench/goals.py."""
+
+
+def record_goal(key: str, measured: str, goal: str, met: bool, note: str = "") -> None:
+    """Note one goal's figure (a line of JSON) when run under `make bench`; else nothing.
+
+    `key` names the figure in bench/goals.py's table; `measured` and `goal` are as
+    printed (a ratio or a latency, with its unit); `note` says what bounds a miss."""
+    path = os.environ.get(GOALS_ENV)
+    if not path:
+        return
+    line = {"key": key, "measured": measured, "goal": goal, "met": met, "note": note,
+            "script": Path(sys.argv[0]).name, "load": loadavg()}
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(line) + "\n")

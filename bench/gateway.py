@@ -60,6 +60,7 @@ from benchlib import (
     free_port,
     http,
     loadavg,
+    record_goal,
     start_service,
     wrk,
 )
@@ -288,6 +289,10 @@ def report(gateway: str, results: dict[str, Measured], args: argparse.Namespace)
         calls = measured.gate_calls / measured.requests if measured.requests else 0.0
         print(f"| {scenario.label} | {measured.rps:,.0f} | {measured.p99:.2f} ms | "
               f"{ratio:.2f}x | {goal} | {calls:.3f} | {measured.errors} |")
+        if scenario.goal is not None:
+            record_goal(f"{gateway.lower()}-{scenario.name}", f"{ratio:.2f}x",
+                        f">= {scenario.goal:.2f}x", ratio >= scenario.goal,
+                        f"{calls:.3f} gate calls per read")
 
 
 def _script(scenario: Scenario, work: Path) -> Path | None:

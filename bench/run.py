@@ -35,6 +35,7 @@ from benchlib import (
     http,
     loadavg,
     process_cpu_seconds,
+    record_goal,
     start_baseline,
     start_service,
     stopping,
@@ -220,9 +221,33 @@ def report(results: dict[str, Measured], args: argparse.Namespace) -> None:
         print()
         print("\n".join(lines))
     print(f"\nload average (1 min) at the end: {loadavg()}")
+    record_goals(results)
     if any(max(m.other_cpu) > 0.05 for m in results.values()):
         print("NOTE: other processes used over 5% of the CPU during some runs: "
               "absolute figures are noisy; compare the ratios.")
+
+
+# goal -> (the scenario, its goal key in bench/goals.py, bare aiohttp with the same shape)
+_RECORDED = {"processed": ("processed-vs-aiohttp", "aiohttp-processed"),
+             "put-fsync": ("put-vs-aiohttp", "aiohttp-put")}
+
+
+def record_goals(results: dict[str, Measured]) -> None:
+    """The goals against the hello-world baseline, with what bounds them: the same route
+    and answer in bare aiohttp, and the server CPU per request both cost."""
+    for name, (key, shaped) in _RECORDED.items():
+        value = ratio(results, name, "baseline")
+        if value is None:
+            continue
+        minimum = GOALS[name][1]
+        note = ""
+        bound = ratio(results, shaped, "baseline")
+        if bound is not None:
+            note = (f"bare aiohttp with the same route and answer: {bound:.2f}x; server CPU "
+                    f"per request {results[name].cpu_us:.0f} us against its "
+                    f"{results[shaped].cpu_us:.0f} us (hello-world "
+                    f"{results['baseline'].cpu_us:.0f} us)")
+        record_goal(key, f"{value:.2f}x", f">= {minimum:g}x", value >= minimum, note)
 
 
 def main(argv: list[str] | None = None) -> int:
