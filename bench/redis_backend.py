@@ -17,12 +17,17 @@ loopback) and `process-status serve` processes, each stopped by its PID at the e
 2. **Cross-replica wake-up**: replicas A and B on one Redis; a long-poll parked on B,
    then a PUT on A; time from sending the PUT to B's answer (goal p99 <= 5 ms), --runs
    runs of --samples samples, on the AOF Redis above and on one without persistence.
-   Baseline: a PUT to A with no waiter anywhere, interleaved with the samples.
+   Baseline: a PUT to A with no waiter anywhere, interleaved with the samples. Each
+   wake-up is split at the time the function ran in Redis (the `updated_at` it stored,
+   from Redis's clock, the same machine's): PUT sent -> Redis, Redis -> B answered; and an
+   HTTP round trip alone: a `processed?` on B that needs no wait, in the same loop.
 3. **Start-up sync**: --entities entities loaded into a fresh Redis through the
    Functions library (pipelined FCALLs, the backend's own encoding), then `serve
    --backend redis` timed from its start to `/readyz` 200, and the worker's RSS, --runs
    times.
 4. **Reads with 2 workers vs 1**.
+
+`--wake-ups-only` runs 2 alone (on the same two Redis setups), for work on that path.
 
 Every `serve` but those of 4 runs `--workers 1` (the Redis backend's default is one per
 CPU). `--process-status PATH` benchmarks another executable, e.g. a wrapper running this
@@ -170,8 +175,8 @@ class Throughput:
     """Average writes per FCALL, per Redis-backed server."""
 
 
-def throughput(work: Path, args: argparse.Namespace, things: list[Server | RedisServer],
-               ) -> tuple[Throughput, RedisServer, Server]:
+def durable_redis(work: Path, things: list[Server | RedisServer]) -> RedisServer:
+    """A master with `appendfsync always` and one replica attached."""
     master = start_redis(work / "redis-master", "--appendonly", "yes",
                          "--appendfsync", "always")
     things.append(master)
@@ -184,6 +189,12 @@ def throughput(work: Path, args: argparse.Namespace, things: list[Server | Redis
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis replica did not attach")
             time.sleep(0.05)
+    return master
+
+
+def throughput(work: Path, args: argparse.Namespace, things: list[Server | RedisServer],
+               ) -> tuple[Throughput, RedisServer, Server]:
+    master = durable_redis(work, things)
     servers = {
         "local": serve_one("serve-local", work / "data-local", work, "--durability", "fsync"),
         "redis": serve_one("serve-redis", work / "data-redis", work, "--backend", "redis",
@@ -256,11 +267,21 @@ class WakeUps:
     """PUT sent to A -> A answered it, in the same samples, ms."""
     alone: list[float] = field(default_factory=list)
     """The baseline: a PUT to A with no waiter anywhere, interleaved with the samples, ms."""
+    to_redis: list[float] = field(default_factory=list)
+    """PUT sent -> the function ran in Redis (its TIME, stored as updated_at), ms."""
+    from_redis: list[float] = field(default_factory=list)
+    """The function ran in Redis -> B answered: Redis's fsync, B's read and apply, its
+    answer, ms."""
+    read: list[float] = field(default_factory=list)
+    """An HTTP round trip alone: a `processed?` on B answered without waiting, ms."""
 
 
-async def wake_ups(a: Server, b: Server, samples: int, run: int) -> WakeUps:
+async def wake_ups(a: Server, b: Server, redis_at: RedisServer, samples: int,
+                   run: int) -> WakeUps:
     """A long-poll parked on B, then a PUT on A: how long until B answers."""
     found = WakeUps()
+    sent_at: dict[str, tuple[float, float]] = {}
+    """entity -> (wall clock when its PUT was sent, wake-up ms)"""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -279,7 +300,7 @@ async def wake_ups(a: Server, b: Server, samples: int, run: int) -> WakeUps:
             entity = f"wake-{run}-{index}"
             parked = asyncio.create_task(poll(entity))
             await asyncio.sleep(0.01)  # the long-poll reaches B and parks (loopback: < 1 ms)
-            sent = time.perf_counter()
+            sent_wall, sent = time.time(), time.perf_counter()
             written = asyncio.create_task(put(entity))
             processed, answered = await parked
             status, acked = await written
@@ -290,17 +311,32 @@ async def wake_ups(a: Server, b: Server, samples: int, run: int) -> WakeUps:
             alone_status, alone_acked = await put(f"alone-{run}-{index}")
             if alone_status != 200:
                 raise RuntimeError(f"PUT alone: {alone_status}")
+            read_sent = time.perf_counter()
+            was, read_answered = await poll(entity)
+            if not was:
+                raise RuntimeError(f"{entity} not processed on B after its wake-up")
             if index >= 10:
                 found.woken.append((answered - sent) * 1000)
                 found.acked.append((acked - sent) * 1000)
                 found.alone.append((alone_acked - alone_sent) * 1000)
+                found.read.append((read_answered - read_sent) * 1000)
+                sent_at[entity] = (sent_wall, found.woken[-1])
+    with redis_at.client() as client:
+        stored = client.hmget(library.ENTITIES, list(sent_at))
+    for (entity, (sent_wall, woken)), value in zip(sent_at.items(), stored, strict=True):
+        if value is None:
+            raise RuntimeError(f"{entity} is not in Redis")
+        ran = library.decode_value(value)[1]
+        found.to_redis.append((ran - sent_wall) * 1000)
+        found.from_redis.append(woken - found.to_redis[-1])
     return found
 
 
-def report_wake_ups(label: str, a: Server, b: Server, args: argparse.Namespace) -> list[float]:
+def report_wake_ups(label: str, a: Server, b: Server, redis_at: RedisServer,
+                    args: argparse.Namespace) -> list[float]:
     p50s, p99s, alone50, alone99 = [], [], [], []
     for run in range(args.runs):
-        found = uvloop.run(wake_ups(a, b, args.samples, run))
+        found = uvloop.run(wake_ups(a, b, redis_at, args.samples, run))
         p50s.append(percentile(found.woken, 0.5))
         p99s.append(percentile(found.woken, 0.99))
         alone50.append(percentile(found.alone, 0.5))
@@ -310,15 +346,46 @@ def report_wake_ups(label: str, a: Server, b: Server, args: argparse.Namespace) 
               f"{percentile(found.acked, 0.5):.2f} ms); baseline, a PUT alone: p50 "
               f"{alone50[-1]:.2f} ms, p99 {alone99[-1]:.2f} ms; ratio p50 "
               f"{p50s[-1] / alone50[-1]:.2f}x, p99 {p99s[-1] / alone99[-1]:.2f}x")
+        print(f"  - split where the function ran in Redis: PUT sent -> Redis "
+              f"{quantiles(found.to_redis)}, Redis -> B answered {quantiles(found.from_redis)} "
+              f"(an HTTP round trip alone, a `processed?` on B that needs no wait: "
+              f"{quantiles(found.read)}); load {loadavg()}")
     print(f"- {label}: wake-up p50 {span(p50s, '{:.2f}', ' ms')}, p99 "
           f"{span(p99s, '{:.2f}', ' ms')}; a PUT alone p50 {span(alone50, '{:.2f}', ' ms')}, "
           f"p99 {span(alone99, '{:.2f}', ' ms')}")
     return p99s
 
 
+def quantiles(values: list[float]) -> str:
+    return f"p50 {percentile(values, 0.5):.2f} / p99 {percentile(values, 0.99):.2f} ms"
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def cross_replica(work: Path, args: argparse.Namespace, things: list[Server | RedisServer],
+                  master: RedisServer, replica_a: Server) -> None:
+    """Wake-ups on the durable Redis (A given, B started here), then on one without
+    persistence (a pair of its own, stopped at the end)."""
+    replica_b = serve_one("serve-redis-b", work / "data-redis-b", work,
+                          "--backend", "redis", "--redis-url", master.db_url(0))
+    things.append(replica_b)
+    print(f"\n### Cross-replica wake-up ({args.samples} samples per run: long-poll "
+          f"parked on B, PUT on A, PUT sent -> B answered; load {loadavg()})\n")
+    p99s = report_wake_ups("Redis with AOF `appendfsync always`", replica_a, replica_b,
+                           master, args)
+    plain = start_redis(work / "redis-plain", "--appendonly", "no")
+    things.append(plain)
+    pair = [serve_one(f"serve-plain-{name}", work / f"data-plain-{name}", work,
+                      "--backend", "redis", "--redis-url", plain.db_url(0))
+            for name in ("a", "b")]
+    things.extend(pair)
+    p99s += report_wake_ups("Redis without persistence", pair[0], pair[1], plain, args)
+    print(f"- goal p99 <= 5 ms: {verdict(max(p99s) <= 5.0)}")
+    for server in pair:
+        server.stop()
 
 
 # -- 3. start-up sync of many entities ---------------------------------------------------
@@ -423,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entities", type=int, default=1_000_000, help="entities at start-up")
     parser.add_argument("--process-status", type=Path, default=benchlib.PROCESS_STATUS,
                         help="the process-status executable to run (default: this venv's)")
+    parser.add_argument("--wake-ups-only", action="store_true",
+                        help="only the cross-replica wake-up (2.)")
     args = parser.parse_args(argv)
     benchlib.PROCESS_STATUS = args.process_status
     hiredis = "yes" if redis.utils.HIREDIS_AVAILABLE else "no"
@@ -433,29 +502,22 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     with tempfile.TemporaryDirectory(prefix="process-status-bench-redis-") as temp:
         work = Path(temp)
+        if args.wake_ups_only:
+            with stopping_all([]) as things:
+                master = durable_redis(work, things)
+                replica_a = serve_one("serve-redis", work / "data-redis", work, "--backend",
+                                      "redis", "--redis-url", master.db_url(0))
+                things.append(replica_a)
+                cross_replica(work, args, things, master, replica_a)
+            print(f"\nload average (1 min) at the end: {loadavg()}")
+            return 0
         with stopping_all([]) as things:
             found, master, replica_a = throughput(work, args, things)
             report_throughput(found, args)
             for thing in things:  # only A and its Redis take part from here on
                 if thing is not master and thing is not replica_a:
                     thing.stop()
-            replica_b = serve_one("serve-redis-b", work / "data-redis-b", work,
-                                  "--backend", "redis", "--redis-url", master.db_url(0))
-            things.append(replica_b)
-            print(f"\n### Cross-replica wake-up ({args.samples} samples per run: long-poll "
-                  "parked on B, PUT on A, PUT sent -> B answered)\n")
-            p99s = report_wake_ups("Redis with AOF `appendfsync always`", replica_a,
-                                   replica_b, args)
-            plain = start_redis(work / "redis-plain", "--appendonly", "no")
-            things.append(plain)
-            pair = [serve_one(f"serve-plain-{name}", work / f"data-plain-{name}", work,
-                              "--backend", "redis", "--redis-url", plain.db_url(0))
-                    for name in ("a", "b")]
-            things.extend(pair)
-            p99s += report_wake_ups("Redis without persistence", pair[0], pair[1], args)
-            print(f"- goal p99 <= 5 ms: {verdict(max(p99s) <= 5.0)}")
-            for server in pair:
-                server.stop()
+            cross_replica(work, args, things, master, replica_a)
             workers_rps = workers(work, master, args, things)
         with stopping_all([]) as things:
             print(f"\n### Start-up sync of {args.entities:,} entities\n")
