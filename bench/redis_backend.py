@@ -336,6 +336,9 @@ def report_wake_ups(label: str, a: Server, b: Server, redis_at: RedisServer,
                     args: argparse.Namespace) -> list[float]:
     p50s, p99s, alone50, alone99 = [], [], [], []
     for run in range(args.runs):
+        with redis_at.client() as client:
+            client.config_set("latency-monitor-threshold", 1)
+            client.latency_reset()
         found = uvloop.run(wake_ups(a, b, redis_at, args.samples, run))
         p50s.append(percentile(found.woken, 0.5))
         p99s.append(percentile(found.woken, 0.99))
@@ -350,10 +353,24 @@ def report_wake_ups(label: str, a: Server, b: Server, redis_at: RedisServer,
               f"{quantiles(found.to_redis)}, Redis -> B answered {quantiles(found.from_redis)} "
               f"(an HTTP round trip alone, a `processed?` on B that needs no wait: "
               f"{quantiles(found.read)}); load {loadavg()}")
+        print(f"  - Redis's own stalls of 1 ms or more during the run: {stalls(redis_at)}")
     print(f"- {label}: wake-up p50 {span(p50s, '{:.2f}', ' ms')}, p99 "
           f"{span(p99s, '{:.2f}', ' ms')}; a PUT alone p50 {span(alone50, '{:.2f}', ' ms')}, "
           f"p99 {span(alone99, '{:.2f}', ' ms')}")
     return p99s
+
+
+def stalls(server: RedisServer) -> str:
+    """Redis's latency monitor: per event, the seconds with a stall >= 1 ms and the worst
+    (an `aof-fsync-always` stall holds back every reply, B's XREAD among them)."""
+    found = []
+    with server.client() as client:
+        for event, *_ in client.latency_latest():
+            name = event.decode() if isinstance(event, bytes) else str(event)
+            history = client.latency_history(name)
+            found.append(f"{name} in {len(history)} s, worst "
+                         f"{max(int(ms) for _, ms in history)} ms")
+    return "; ".join(found) or "none"
 
 
 def quantiles(values: list[float]) -> str:
