@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -144,7 +144,8 @@ class LimitedRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._messages or self._request_in_progress:
-            self._cancel_header_timer()  # the headers are complete
+            if self._header_timer is not None:  # the headers are complete
+                self._cancel_header_timer()
         elif (data and self._header_timer is None and not self._force_close
               and not self._close and (self._waiter is not None or not self._request_count)):
             # Only while waiting for a request (the first one may arrive before the handler
@@ -179,13 +180,15 @@ class LimitedRequestHandler(web.RequestHandler):
         self.transport.write(_HEADER_TIMEOUT)
         self.force_close()
 
-    async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
-                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+    def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
         # The router answers request targets no route can match (`OPTIONS *`, `CONNECT
-        # host:443`) with aiohttp's plain-text errors: make them problems too.
+        # host:443`) with aiohttp's plain-text errors: make them problems too. Not a
+        # coroutine itself: handing back aiohttp's saves a frame on every response.
         if isinstance(resp, web.HTTPException) and isinstance(request, web.Request):
             resp = from_http_exception(resp, request)
-        return await super().finish_response(request, resp, start_time)
+        return super().finish_response(request, resp, start_time)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
