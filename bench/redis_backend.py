@@ -68,6 +68,7 @@ from benchlib import (
     loadavg,
     mb,
     proc_status_kb,
+    record_goal,
     start_service,
     wrk,
 )
@@ -399,8 +400,14 @@ def cross_replica(work: Path, args: argparse.Namespace, things: list[Server | Re
                       "--backend", "redis", "--redis-url", plain.db_url(0))
             for name in ("a", "b")]
     things.extend(pair)
+    aof_runs = len(p99s)
     p99s += report_wake_ups("Redis without persistence", pair[0], pair[1], plain, args)
-    print(f"- goal p99 <= 5 ms: {verdict(max(p99s) <= 5.0)}")
+    met = max(p99s) <= 5.0
+    print(f"- goal p99 <= 5 ms: {verdict(met)}")
+    record_goal("redis-wake-up", f"{span(p99s[:aof_runs], '{:.2f}', ' ms')} (AOF), "
+                f"{span(p99s[aof_runs:], '{:.2f}', ' ms')} (no persistence)", "p99 <= 5 ms",
+                met, "Redis's AOF fsync stalls (the stalls lines) and the 2 shared cores: "
+                "see the split lines")
     for server in pair:
         server.stop()
 
