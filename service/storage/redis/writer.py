@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from service.storage.backend import WriteFailed
+from service.storage.outage import Outage
 from service.storage.redis import library
 from service.storage.redis.stats import RedisStats
 from service.store import Advance, Mutation
@@ -86,16 +87,18 @@ class RedisWriter:
         self._wait_replicas = wait_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
         self._deadline = deadline
-        self._probe_interval = probe_interval
         self._pending: list[_Write] = []
         self._unanswered: deque[_Write] = deque()
         """Every write not yet seen answered, oldest (soonest due) first."""
         self._timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None
-        self._closing = False
-        self.failure: str | None = None
+        self._outage = Outage(log, "Redis writes", self._probe, interval=probe_interval,
+                              busy=self._busy)
+
+    @property
+    def failure(self) -> str | None:
         """Why the last call (or probe) failed; None once one succeeds."""
+        return self._outage.reason
 
     async def submit(self, mutation: Mutation) -> Call:
         loop = asyncio.get_running_loop()
@@ -150,11 +153,7 @@ class RedisWriter:
     async def drain(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        self._closing = True  # a cancel can be lost in redis-py (see Follower.stop)
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
+        await self._outage.stop()
 
     async def load_library(self) -> None:
         """FUNCTION LOAD REPLACE, only when the version in Redis differs."""
@@ -175,17 +174,14 @@ class RedisWriter:
                 reply = await self._call([write.mutation for write in batch])
             except WriteFailed as exc:
                 self._stats.write_failures += 1
-                if self.failure is None:
-                    log.error("Redis write failed; %d writes answered 503: %s", len(batch), exc)
-                self.failure = str(exc)
+                self._outage.failed(str(exc), "Redis write failed; %d writes answered 503: %s",
+                                    len(batch), exc)
                 for write in batch:
                     if not write.future.done():
                         write.future.set_exception(exc)
                 self._forget_answered()
-                if self._prober is None or self._prober.done():
-                    self._prober = asyncio.create_task(self._probe())
                 continue
-            self._succeeded()
+            self._outage.succeeded()
             self._stats.call_duration.observe(time.perf_counter() - started)
             self._stats.call_batch.observe(len(batch))
             for write, result in zip(batch, reply.results, strict=True):
@@ -193,24 +189,17 @@ class RedisWriter:
                     write.future.set_result(Call(result, reply.epoch, reply.seq))
             self._forget_answered()
 
-    def _succeeded(self) -> None:
-        if self.failure is not None:
-            log.info("Redis writes succeed again")
-            self.failure = None
+    def _busy(self) -> bool:
+        # A write in flight answers the probe's question: skip a turn.
+        return bool(self._pending) or (self._flusher is not None and not self._flusher.done())
 
-    async def _probe(self) -> None:
-        """While writes fail and none come: an empty call (and WAIT) every interval, until
-        one succeeds. A write in flight answers the same question, so skip a turn then."""
-        while self.failure is not None and not self._closing:
-            await asyncio.sleep(self._probe_interval)
-            if self._pending or (self._flusher is not None and not self._flusher.done()):
-                continue
-            try:
-                await self._call([])
-            except WriteFailed as exc:
-                self.failure = str(exc)
-            else:
-                self._succeeded()
+    async def _probe(self) -> str | None:
+        """While writes fail and none come: does an empty call (and WAIT) succeed?"""
+        try:
+            await self._call([])
+        except WriteFailed as exc:
+            return str(exc)
+        return None
 
     def _take(self) -> list[_Write]:
         pending = self._pending
