@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 FIGURES = {
-    # key -> what is compared (the README's benchmark table uses the same words)
-    "put-vs-etcd": "durable PUT vs etcd HTTP/JSON put (bench/peers.py)",
-    "processed-vs-etcd": "`processed?` vs etcd range (bench/peers.py)",
-    "put-vs-aiohttp": "durable PUT vs bare aiohttp GET baseline (bench/run.py)",
-    "processed-vs-aiohttp": "`processed?` vs bare aiohttp GET baseline (bench/run.py)",
-    "haproxy-repeated": "HAProxy, repeated processed token vs ungated (bench/gateway.py)",
-    "redis-wake-up": "Redis cross-replica wake-up p99 (bench/redis_backend.py)",
+    # key -> what is compared; docs/benchmarks.md's goals table names them the same way
+    "put-vs-etcd": "durable PUT vs etcd HTTP/JSON put (`bench/peers.py`)",
+    "processed-vs-etcd": "`processed?` vs etcd range (`bench/peers.py`)",
+    "put-vs-aiohttp": "durable PUT vs bare aiohttp GET baseline (`bench/run.py`)",
+    "processed-vs-aiohttp": "`processed?` vs bare aiohttp GET baseline (`bench/run.py`)",
+    "haproxy-repeated": "HAProxy, repeated processed token vs ungated (`bench/gateway.py`)",
+    "redis-wake-up": "Redis cross-replica wake-up p99 (`bench/redis_backend.py`)",
 }
 
 

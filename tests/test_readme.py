@@ -4,6 +4,7 @@ somewhere."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -66,3 +67,17 @@ def test_every_relative_link_in_the_readme_and_docs_leads_somewhere() -> None:
                 continue
             path = (page.parent / target.split("#")[0]).resolve()
             assert path.exists(), f"{page.relative_to(ROOT)} links to {target}: not found"
+
+
+def test_the_benchmark_goals_table_names_what_make_bench_measures() -> None:
+    """docs/benchmarks.md's goals table lists every figure bench/goals.py prints, so the
+    published table and `make bench` cannot drift apart (the numbers are the run's)."""
+    spec = importlib.util.spec_from_file_location("bench_goals", ROOT / "bench" / "goals.py")
+    assert spec is not None
+    assert spec.loader is not None
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    table = text[text.index("## The goals"):text.index("### What bounds")]
+    missing = [label for label in goals.FIGURES.values() if f"| {label} |" not in table]
+    assert missing == [], f"docs/benchmarks.md's goals table lacks {missing}"
