@@ -19,8 +19,9 @@ position is only ever recorded after the transaction that stores it committed. W
 idle it asks the server for the end of what has been decoded and records that (after
 applying everything before it), or tokens taken after unrelated WAL would wait for ever;
 it stores that point as progress and confirms it to the slot only every
-`idle_confirm_interval` and at a clean stop (a progress write is WAL too: doing it every turn would keep an
-operator whose read model shares the cluster busy advancing past its own writes).
+`idle_confirm_interval` and at a clean stop (a progress write is WAL too: doing it every
+turn would keep an operator whose read model shares the cluster busy advancing past its own
+writes).
 
 Why LSNs: they are in commit order, and a transaction's rows are visible exactly when
 its commit is. An `updated_at` column is set before the commit, and transactions
