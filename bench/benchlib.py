@@ -99,21 +99,25 @@ def _spawn(name: str, command: Sequence[str], log_dir: Path, port: int) -> Serve
     return Server(name, port, process, log_path)
 
 
-def start_service(
-    name: str, data_dir: Path, log_dir: Path, *args: str, ready_timeout: float = 60.0
-) -> Server:
-    """`process-status serve` on free loopback ports with its own data dir."""
-    port, metrics_port = free_port(), free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    command = [
+def serve_command(port: int, metrics_port: int, data_dir: Path, *args: str) -> list[str]:
+    """The `serve` command line every bench uses: loopback ports, quiet log."""
+    return [
         str(PROCESS_STATUS), "serve",
         "--bind", f"127.0.0.1:{port}",
         "--metrics-bind", f"127.0.0.1:{metrics_port}",
         "--data-dir", str(data_dir),
         "--log-level", "warning",
         *args,
-    ]
-    server = _spawn(name, command, log_dir, port)
+    ]  # fmt: skip
+
+
+def start_service(
+    name: str, data_dir: Path, log_dir: Path, *args: str, ready_timeout: float = 60.0
+) -> Server:
+    """`process-status serve` on free loopback ports with its own data dir."""
+    port, metrics_port = free_port(), free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = _spawn(name, serve_command(port, metrics_port, data_dir, *args), log_dir, port)
     server.metrics_port = metrics_port
     try:
         server.wait_ready("/readyz", ready_timeout)

@@ -52,7 +52,6 @@ from pathlib import Path
 
 from benchlib import (
     BENCH,
-    PROCESS_STATUS,
     ROOT,
     Server,
     WrkResult,
@@ -61,6 +60,7 @@ from benchlib import (
     http,
     loadavg,
     record_goal,
+    serve_command,
     start_service,
     wrk,
 )
@@ -377,14 +377,7 @@ class Prober:
 
 
 def serve_on(port: int, metrics_port: int, data_dir: Path, work: Path, name: str) -> Server:
-    command = [
-        str(PROCESS_STATUS), "serve",
-        "--bind", f"127.0.0.1:{port}",
-        "--metrics-bind", f"127.0.0.1:{metrics_port}",
-        "--data-dir", str(data_dir),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    server = _spawn(name, command, work, port)
+    server = _spawn(name, serve_command(port, metrics_port, data_dir), work, port)
     server.metrics_port = metrics_port
     return server
 
